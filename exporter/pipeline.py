@@ -1,0 +1,104 @@
+"""``export()``: source model -> compressed torch model -> verified ONNX folder, written all at once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from edgefold.runtime import EdgefoldError
+from edgefold.runtime.texts import shipped_texts
+
+from . import passes
+from .compress import CompressionConfig, compress_
+from .loading import inspect_model, load_model, load_tokenizer
+from .manifest import build_manifest, write_manifest
+from .onnx_export import export_onnx
+from .output import check_output_dir, staged_output
+from .verify import fidelity, max_abs_difference, onnx_outputs, tokenize, torch_outputs
+
+#: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
+DEFAULT_PARITY_ATOL = 1e-3
+_STEPS = 5
+
+
+def export(model: str, output_dir: str | Path, config: CompressionConfig | None = None, *, task: str = "auto",
+           overwrite: bool = False, trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL,
+           progress: bool = True) -> dict:
+    """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
+
+    Returns the manifest, also written as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a
+    failed check, in which case nothing is written and an existing ``output_dir`` is left as it was.
+    """
+    config = config or CompressionConfig()
+    output_dir = Path(output_dir)
+    step = _Steps(progress)
+    source = inspect_model(model, task, trust_remote_code)
+    check_output_dir(output_dir, source.path, overwrite)
+
+    step(f"loading {source.name} ({source.config.model_type}, {source.task})")
+    torch.manual_seed(config.seed)
+    network = load_model(source, trust_remote_code)
+    tokenizer = load_tokenizer(source)
+    texts = shipped_texts()
+    batches = tokenize(tokenizer, texts, max_length=_max_length(network))
+    reference = torch_outputs(network, batches)
+    params_before = _count_params(network)
+
+    step(f"compressing with {config.method} at ratio {config.ratio:g}")
+    records = compress_(network, config, progress=progress)
+    compressed = torch_outputs(network, batches)
+    fidelity_result = fidelity(source.task, reference, compressed, batches)
+
+    with staged_output(output_dir) as staging:
+        step("exporting to ONNX")
+        onnx_path = export_onnx(network, source.task, staging, tokenizer)
+        graph = onnx.load(str(onnx_path))
+        shared = passes.store_shared_weights_once(graph)
+        passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
+                                     [tuple(t.shape) for t in _tensors(network)])
+        files = passes.save(graph, onnx_path)
+        del graph
+
+        step("checking parity of ONNX against torch")
+        difference = max_abs_difference(onnx_outputs(onnx_path, batches), compressed, batches)
+        if not difference <= parity_atol:
+            raise EdgefoldError(f"parity check failed: ONNX differs from the compressed torch model by "
+                                f"{difference:.3g} (tolerance {parity_atol:g}); nothing was written")
+        parity = {"max_abs_diff": difference, "atol": parity_atol, "texts": len(texts),
+                  "runtime": "onnxruntime CPUExecutionProvider"}
+
+        step("writing the manifest")
+        manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
+                                  files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared)
+        write_manifest(staging, manifest)
+    return manifest
+
+
+class _Steps:
+    """Numbered progress lines on stderr (the per-module bar comes from tqdm)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.done = enabled, 0
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            print(f"edgefold: [{self.done}/{_STEPS}] {what}", file=sys.stderr, flush=True)
+
+
+def _tensors(network: nn.Module) -> list[torch.Tensor]:
+    return [*network.parameters(), *network.buffers()]
+
+
+def _count_params(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())  # shared parameters are listed once
+
+
+def _max_length(network: nn.Module) -> int:
+    config = network.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 514
+    return min(128, positions - 2)  # RoBERTa's positions start after the padding index

@@ -1,0 +1,88 @@
+"""Parity (ONNX against the compressed torch model) and fidelity (compressed against original), on real text."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from edgefold.runtime.metrics import mean_pool, row_cosines
+from edgefold.runtime.session import make_feed, open_session
+
+#: Tasks whose output is one vector per sequence; the others are compared token by token.
+_SEQUENCE_TASKS = {"feature-extraction": "mean-pooled last_hidden_state", "text-classification": "logits"}
+
+
+@dataclass
+class TextBatch:
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+             batch_size: int = 16) -> list[TextBatch]:
+    """Right-padded batches (a copy of the tokenizer gets a pad token if it has none, as GPT-2's)."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="np")
+        batches.append(TextBatch(encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)))
+    return batches
+
+
+@torch.inference_mode()
+def torch_outputs(model: PreTrainedModel, batches: list[TextBatch]) -> list[np.ndarray]:
+    """The model's first output (last_hidden_state or logits) per batch."""
+    outputs = []
+    for batch in batches:
+        result = model(input_ids=torch.from_numpy(batch.input_ids),
+                       attention_mask=torch.from_numpy(batch.attention_mask))
+        outputs.append(result[0].float().numpy())
+    return outputs
+
+
+def onnx_outputs(onnx_path: Path, batches: list[TextBatch]) -> list[np.ndarray]:
+    """The graph's first output per batch, from a bare onnxruntime session."""
+    session = open_session(onnx_path)
+    first = session.get_outputs()[0].name
+    return [session.run([first], make_feed(session, b.input_ids, b.attention_mask))[0] for b in batches]
+
+
+def max_abs_difference(a: list[np.ndarray], b: list[np.ndarray], batches: list[TextBatch]) -> float:
+    """Largest absolute difference over the positions that hold a real token."""
+    worst = 0.0
+    for x, y, batch in zip(a, b, batches):
+        mask = batch.attention_mask.astype(bool)
+        worst = max(worst, float(np.abs(x[mask] - y[mask]).max()))
+    return worst
+
+
+def fidelity(task: str, reference: list[np.ndarray], candidate: list[np.ndarray],
+             batches: list[TextBatch]) -> dict:
+    """Cosine of the candidate's outputs to the reference's: per sequence, or per real token for LM heads."""
+    cosines = np.concatenate([
+        row_cosines(*_comparable(task, ref, cand, batch)) for ref, cand, batch in zip(reference, candidate, batches)
+    ])
+    return {
+        "compared": _SEQUENCE_TASKS.get(task, "logits per token"),
+        "mean_cosine": float(cosines.mean()),
+        "min_cosine": float(cosines.min()),
+        "items": int(cosines.size),
+    }
+
+
+def _comparable(task, ref, cand, batch) -> tuple[np.ndarray, np.ndarray]:
+    if task == "feature-extraction":
+        return mean_pool(ref, batch.attention_mask), mean_pool(cand, batch.attention_mask)
+    if task in _SEQUENCE_TASKS:
+        return ref, cand
+    mask = batch.attention_mask.astype(bool)
+    return ref[mask], cand[mask]

@@ -1,0 +1,60 @@
+"""Open an exported graph in onnxruntime and feed it tokenised text, whatever inputs it declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import EdgefoldError
+
+_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                 "tensor(int32)": np.int32}
+
+
+def open_session(model_path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session on ``model_path``; ``threads`` sets intra-op threads (None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises several unrelated types for a bad file
+        raise EdgefoldError(f"onnxruntime cannot load {model_path}: {error}") from error
+
+
+def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
+    """Inputs for one forward pass over a right-padded batch.
+
+    Decoder graphs exported with a KV cache get an empty cache (past length 0) and positions 0..n-1,
+    which is what a first generation step sees.
+    """
+    batch, length = input_ids.shape
+    feed = {}
+    for spec in session.get_inputs():
+        name = spec.name
+        dtype = _ORT_TO_NUMPY.get(spec.type, np.int64)
+        if name == "input_ids":
+            feed[name] = input_ids.astype(dtype)
+        elif name == "attention_mask":
+            feed[name] = attention_mask.astype(dtype)
+        elif name == "token_type_ids":
+            feed[name] = np.zeros_like(input_ids, dtype=dtype)
+        elif name == "position_ids":
+            feed[name] = np.broadcast_to(np.arange(length, dtype=dtype), (batch, length)).copy()
+        elif name.startswith("past_key_values"):
+            feed[name] = np.zeros(_empty_cache_shape(spec.shape, batch), dtype=dtype)
+        else:
+            raise EdgefoldError(f"the graph asks for an input edgefold does not know how to fill: {name!r}")
+    return feed
+
+
+def _empty_cache_shape(shape: list, batch: int) -> tuple[int, ...]:
+    # (batch, heads, past_length, head_dim): the symbolic batch gets the batch size, the past length 0.
+    dims = [d if isinstance(d, int) else -1 for d in shape]
+    dims[0] = batch
+    dims[2] = 0
+    if any(d < 0 for d in dims):
+        raise EdgefoldError(f"cannot size the cache input with shape {shape}")
+    return tuple(dims)
