@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -53,10 +53,12 @@ class ModuleRecord:
     params_after: int
     status: str  # "factorised", or "dense" with the reason in note
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: the same values the manifest file holds (lists, not tuples)."""
+        record = asdict(self)
+        record.update(kinds=list(self.kinds), shape=list(self.shape))
+        return record
 
 
 def compress_(model: nn.Module, config: CompressionConfig, progress: bool = True) -> list[ModuleRecord]:

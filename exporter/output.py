@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,12 +25,19 @@ def check_output_dir(output_dir: Path, source_dir: Path, overwrite: bool) -> Non
             raise EdgefoldError(f"OUTPUT_DIR {output_dir} already exists; pass --overwrite to replace it")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_output(output_dir: Path) -> Iterator[Path]:
     """Yield a staging folder; on success it replaces ``output_dir``, on any failure (Ctrl-C too) it vanishes."""
     output_dir = output_dir.resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield staging
         if output_dir.exists():

@@ -21,9 +21,16 @@ def _ratio(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other edgefold error."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgefold: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefold", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="edgefold", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     export = commands.add_parser("export", help="compress a Hugging Face model and fold it into ONNX",
                                  description="Compress a Hugging Face model offline and write a verified ONNX "

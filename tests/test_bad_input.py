@@ -1,0 +1,142 @@
+"""Bad input: one clear line on stderr, a non-zero exit, nothing written, the source untouched."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MINILM, tree_digest
+
+from edgefold.runtime.cli import main
+
+
+def _fails(capsys, *argv, match: str) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    errors = [line for line in err if line.startswith("edgefold: error:")]
+    assert len(errors) == 1, err
+    assert match in errors[0], errors[0]
+    return errors[0]
+
+
+def _fails_in_argparse(capsys, *argv, match: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("edgefold: error:") and match in line, line
+
+
+@pytest.fixture
+def tiny_copy(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model("bert-fill-mask"), folder)
+    return folder
+
+
+def test_missing_path(capsys, tmp_path):
+    _fails(capsys, "export", tmp_path / "nowhere", tmp_path / "out", match="no such model folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    _fails(capsys, "export", tmp_path / "notes", tmp_path / "out", match="not a transformers model folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_is_named_before_any_work(capsys, tmp_path):
+    import transformers
+
+    transformers.T5Config(d_model=32, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
+    _fails(capsys, "export", tmp_path / "t5", tmp_path / "out", match="architecture 't5' is not supported")
+
+
+@pytest.mark.parametrize("ratio,match", [("0.5", "must be greater than 1"), ("1", "must be greater than 1"),
+                                         ("five", "not a number"), ("nan", "must be greater than 1")])
+def test_bad_ratio(capsys, tiny_copy, tmp_path, ratio, match):
+    _fails_in_argparse(capsys, "export", tiny_copy, tmp_path / "out", "--ratio", ratio, match=match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target(capsys, tiny_copy, tmp_path):
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", "--targets", "embeddings,mlp", match="unknown target 'mlp'")
+
+
+def test_unknown_method(capsys, tiny_copy, tmp_path):
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", "--method", "magic", match="unknown method 'magic'")
+
+
+def test_existing_output_without_overwrite_is_kept(capsys, tiny_copy, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _fails(capsys, "export", tiny_copy, out, match="already exists; pass --overwrite")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_replaces_the_whole_folder(capsys, tiny_copy, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "model.onnx").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's private one
+    assert "exported" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]  # no staging folder left
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_in_the_source_folder_is_refused(capsys, tiny_copy, where):
+    out = tiny_copy if where == "same" else tiny_copy / "onnx"
+    before = tree_digest(tiny_copy)
+    _fails(capsys, "export", tiny_copy, out, "--overwrite", match="must not be the source model's folder")
+    assert tree_digest(tiny_copy) == before
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_weights(capsys, tiny_copy, tmp_path, damage):
+    weights = tiny_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(os.urandom(4096) if damage == "corrupt" else data[: len(data) // 2])
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match="cannot load the weights")
+    assert not (tmp_path / "out").exists()
+
+
+def test_remote_code_needs_consent(capsys, tiny_copy, tmp_path):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (tiny_copy / "config.json").write_text(json.dumps(config))
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match="needs remote code")
+
+
+def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", "--parity-atol", "0", "--quiet",
+           match="parity check failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_ctrl_c_in_the_middle_leaves_no_folder(tmp_path):
+    """SIGINT while the ONNX file is being written: exit 130, no output folder, no staging folder."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefold.runtime.cli", "export", str(MINILM), str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    for line in process.stderr:
+        if "exporting to ONNX" in line:
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, rest
+    assert "interrupted; nothing was written" in rest
+    assert list(tmp_path.iterdir()) == []

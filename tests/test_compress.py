@@ -1,0 +1,76 @@
+import pytest
+import torch
+import transformers
+
+from edgefold.exporter import CompressionConfig, compress_
+from edgefold.exporter.layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
+from edgefold.runtime import EdgefoldError
+
+
+def _load(folder, name):
+    return getattr(transformers, name).from_pretrained(folder).eval()
+
+
+def test_targets_pick_exactly_the_named_kinds(tiny_model):
+    model = _load(tiny_model("bert-fill-mask"), "BertForMaskedLM")
+    records = compress_(model, CompressionConfig(targets="q,ffn-out", ratio=2), progress=False)
+    assert sorted(r.name for r in records) == [
+        "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.output.dense",
+        "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.output.dense",
+    ]
+    layer = model.bert.encoder.layer[0]
+    assert isinstance(layer.attention.self.query, LowRankLinear)
+    assert isinstance(layer.output.dense, LowRankLinear)
+    assert isinstance(layer.attention.self.key, torch.nn.Linear)  # not targeted
+    assert isinstance(layer.attention.output.dense, torch.nn.Linear)  # "output.dense" of attention is not ffn-out
+
+
+def test_swapped_linear_computes_the_factorised_weight(tiny_model):
+    model = _load(tiny_model("bert-fill-mask"), "BertForMaskedLM")
+    original = model.bert.encoder.layer[0].intermediate.dense
+    weight, bias = original.weight.detach().clone(), original.bias.detach().clone()
+    (record,) = [r for r in compress_(model, CompressionConfig(targets="ffn-in", ratio=2), progress=False)
+                 if r.name.endswith("layer.0.intermediate.dense")]
+    swapped = model.bert.encoder.layer[0].intermediate.dense
+    x = torch.randn(3, 64)
+    expected = x @ (swapped.up @ swapped.down).T + bias
+    assert torch.allclose(swapped(x), expected, atol=1e-5)
+    assert record.rank == swapped.rank == 16 and record.params_after == 16 * (64 + 128)
+    assert torch.linalg.matrix_rank(swapped.up @ swapped.down) == 16 < torch.linalg.matrix_rank(weight)
+
+
+def test_tied_head_shares_the_embedding_factors(tiny_model):
+    model = _load(tiny_model("gpt2-text-generation"), "GPT2LMHeadModel")
+    compress_(model, CompressionConfig(targets="embeddings", ratio=2), progress=False)
+    embedding, head = model.transformer.wte, model.lm_head
+    assert isinstance(embedding, LowRankEmbedding) and isinstance(head, TiedLowRankHead)
+    assert head.embedding is embedding
+    hidden = torch.randn(2, 5, 64)
+    dense = embedding.table @ embedding.proj
+    assert torch.allclose(head(hidden), hidden @ dense.T, atol=1e-4)
+    ids = torch.tensor([[1, 7, 30000]])
+    assert torch.allclose(embedding(ids), dense[ids], atol=1e-5)
+
+
+def test_fused_qkv_must_be_targeted_together(tiny_model):
+    model = _load(tiny_model("gpt2-text-generation"), "GPT2LMHeadModel")
+    with pytest.raises(EdgefoldError, match=r"gpt2 stores q, k, v in one matrix .*c_attn"):
+        compress_(model, CompressionConfig(targets="q", ratio=2), progress=False)
+
+
+def test_gpt2_conv1d_is_replaced_with_the_same_function(tiny_model):
+    model = _load(tiny_model("gpt2-text-generation"), "GPT2LMHeadModel")
+    conv = model.transformer.h[0].mlp.c_fc
+    x = torch.randn(2, 64)
+    compress_(model, CompressionConfig(targets="ffn-in", ratio=1.05), progress=False)
+    low_rank = model.transformer.h[0].mlp.c_fc
+    # at ratio 1.05 the rank (40 of 64) cannot be exact, but the map must stay conv(x) = x @ W + b in direction
+    cosine = torch.nn.functional.cosine_similarity(low_rank(x), conv(x), dim=-1)
+    assert isinstance(low_rank, LowRankLinear) and bool((cosine > 0.9).all())
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=0.5), dict(ratio=1), dict(ratio=float("nan")), dict(targets="mlp"),
+                                 dict(method="magic"), dict(targets="")])
+def test_config_refuses_bad_values(bad):
+    with pytest.raises(EdgefoldError):
+        CompressionConfig(**bad)
