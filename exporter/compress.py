@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from edgefold.runtime import EdgefoldError
 
 from .architectures import ALL_KINDS, EMBEDDINGS, ArchitectureSpec, parse_targets, spec_for
-from .layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
-from .methods import Method, get_method
+from .calibration import Calibration
+from .frequency import fit_frequency_aware
+from .layers import LowRankEmbedding, TiedLowRankHead, low_rank_module
+from .methods import FREQUENCY_DEFAULT, FitContext, Method, get_method
 from .plan import plan_rank
+from .verify import ValidationScorer
 
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """What to compress and how hard. ``ratio`` R: the targeted weights keep 1/R of their parameters."""
+    """What to compress and how hard. ``ratio`` R: the targeted weights keep at most 1/R of their parameters.
+
+    ``frequency``: weight embedding rows by calibration token counts and keep the most frequent exact (None:
+    the method's default, on for ``ae``). ``calibration``: a text file, or None for the shipped corpus.
+    ``method_options``: NAME=VALUE settings of the method (see ``AutoencoderOptions``).
+    """
 
     method: str = "svd"
     targets: frozenset[str] = frozenset(ALL_KINDS)
     ratio: float = 2.0
     seed: int = 0
+    frequency: bool | None = None
+    calibration: str | None = None
+    method_options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -35,14 +47,27 @@ class CompressionConfig:
             raise EdgefoldError("no targets given")
         if not isinstance(self.ratio, (int, float)) or not self.ratio > 1:
             raise EdgefoldError(f"--ratio must be a number greater than 1 (got {self.ratio!r})")
-        get_method(self.method)  # refuses an unknown name now, before any work
+        self.build_method()  # refuses an unknown method or option now, before any work
+
+    def build_method(self) -> Method:
+        return get_method(self.method, self.method_options)
+
+    @property
+    def uses_frequency(self) -> bool:
+        return FREQUENCY_DEFAULT[self.method] if self.frequency is None else self.frequency
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text."""
+        return self.uses_frequency or self.method == "ae"
 
 
 @dataclass
 class ModuleRecord:
     """One targeted module: its weight shape (rows x cols, rows = tokens or output units) and what it became.
 
-    Parameter counts are of the weight matrix and what replaces it; biases are kept as they are and not counted.
+    Parameter counts are of the weight matrix and what replaces it (factors, decoder bias, kept norms, exact
+    rows and their lookup); the Linear biases are kept as they are and not counted.
     """
 
     name: str
@@ -53,6 +78,7 @@ class ModuleRecord:
     params_after: int
     status: str  # "factorised", or "dense" with the reason in note
     note: str = ""
+    fit: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """JSON-ready: the same values the manifest file holds (lists, not tuples)."""
@@ -61,25 +87,69 @@ class ModuleRecord:
         return record
 
 
-def compress_(model: nn.Module, config: CompressionConfig, progress: bool = True) -> list[ModuleRecord]:
+def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrainedTokenizerBase | None = None,
+              calibration: Calibration | None = None, progress: bool = True) -> list[ModuleRecord]:
     """Replace, in place, every module of ``model`` that ``config`` targets by its low-rank form.
 
-    Returns one record per targeted module, including those left dense because a factorisation would
-    save nothing at this ratio.
+    ``tokenizer`` is needed when the config uses calibration text (``config.needs_calibration``), which is
+    ``calibration`` or, when None, loaded from ``config.calibration``. Returns one record per targeted module,
+    including those left dense because a factorisation would save nothing.
     """
     spec = spec_for(model.config.model_type)
-    method = get_method(config.method)
+    method = config.build_method()
     selected = _select(model, spec, config.targets)
     if not selected:
         raise EdgefoldError(f"no module of this {spec.name} model matches the targets {sorted(config.targets)}")
     output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for _, module, kinds in selected:
+        method.check_module(kinds[0], tied=output_embeddings is not None
+                            and getattr(output_embeddings, "weight", None) is getattr(module, "weight", False))
+    fitting = _Fitting(model, config, method, tokenizer, calibration, progress)
     records = []
     for name, module, kinds in tqdm(selected, desc=f"{method.name} fit", unit="module", disable=not progress):
-        torch.manual_seed(config.seed)
-        records.append(_compress_module(model, name, module, kinds, spec, method, config.ratio))
+        records.append(fitting.compress_module(name, module, kinds, _dense_weight(module, spec, kinds)))
         if kinds == (EMBEDDINGS,) and records[-1].status == "factorised":
             _retie_head(model, module, model.get_submodule(name), output_embeddings)
     return records
+
+
+class _Fitting:
+    """Fits one module at a time: the method, calibration counts and validation scoring it needs."""
+
+    def __init__(self, model, config: CompressionConfig, method: Method, tokenizer, calibration, progress: bool):
+        self.model, self.config, self.method, self.progress = model, config, method, progress
+        self.calibration = self.scorer = None
+        if config.needs_calibration:
+            if tokenizer is None:
+                raise EdgefoldError(f"method {config.method} uses calibration text: give compress_ a tokenizer")
+            self.calibration = calibration or Calibration.load(config.calibration)
+            self.tokenizer = tokenizer
+            self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
+
+    def compress_module(self, name: str, module: nn.Module, kinds: tuple[str, ...],
+                        weight: torch.Tensor) -> ModuleRecord:
+        rows, cols = weight.shape
+        ratio = self.config.ratio
+        record = ModuleRecord(name, kinds, (rows, cols), None, rows * cols, rows * cols, "dense")
+        record.fit["budget_params"] = int(rows * cols / ratio)
+        svd_rank = plan_rank(rows, cols, ratio)
+        record.fit["svd_params_at_same_ratio"] = svd_rank * (rows + cols) if svd_rank else None
+        context = FitContext(seed=self.config.seed, progress=self.progress,
+                             score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None)
+        torch.manual_seed(self.config.seed)
+        if kinds == (EMBEDDINGS,) and self.config.uses_frequency:
+            counts = self.calibration.token_counts(self.tokenizer, rows)
+            factors = fit_frequency_aware(weight, ratio, self.method, counts, context)
+        else:
+            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols))
+            factors = None if rank is None else self.method.fit(weight, rank, context)
+        if factors is None:
+            record.note = f"a factorisation would save nothing at ratio {ratio:g}"
+            return record
+        self.model.set_submodule(name, low_rank_module(kinds[0], factors, module))
+        record.rank, record.params_after, record.status = factors.rank, factors.num_params, "factorised"
+        record.fit.update(context.details)
+        return record
 
 
 def _select(model: nn.Module, spec: ArchitectureSpec, targets: frozenset[str]) -> list[tuple[str, nn.Module, tuple]]:
@@ -100,25 +170,6 @@ def _dense_weight(module: nn.Module, spec: ArchitectureSpec, kinds: tuple[str, .
     weight = module.weight.detach().float()
     # GPT-2's Conv1D stores (in x out); every method sees rows = output units (or tokens).
     return weight.t().contiguous() if spec.transposed and kinds != (EMBEDDINGS,) else weight
-
-
-def _compress_module(model, name, module, kinds, spec, method: Method, ratio: float) -> ModuleRecord:
-    weight = _dense_weight(module, spec, kinds)
-    rows, cols = weight.shape
-    rank = plan_rank(rows, cols, ratio, method.extra_params(rows, cols))
-    record = ModuleRecord(name, kinds, (rows, cols), rank, rows * cols, rows * cols, "dense")
-    if rank is None:
-        record.note = f"rank would save nothing at ratio {ratio:g}"
-        return record
-    factors = method.fit(weight, rank)
-    if kinds == (EMBEDDINGS,):
-        replacement = LowRankEmbedding(factors, getattr(module, "padding_idx", None))
-    else:
-        replacement = LowRankLinear(factors, module.bias)
-    model.set_submodule(name, replacement)
-    record.params_after = factors.num_params
-    record.status = "factorised"
-    return record
 
 
 def _retie_head(model: nn.Module, old_embedding: nn.Module, new_embedding: LowRankEmbedding, head) -> None:

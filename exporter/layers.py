@@ -9,35 +9,61 @@ from torch.nn import functional as F
 from .methods import LowRankFactors
 
 
+def _optional(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    return None if tensor is None else nn.Parameter(tensor.detach().clone())
+
+
 class LowRankLinear(nn.Module):
-    """``y = (x @ down^T) @ up^T + bias``: two MatMuls (in x r, r x out) and the original bias."""
+    """``y = ((x @ down^T) @ up^T + x . offset) * scale + bias``: two MatMuls (in x r, r x out).
+
+    ``offset`` and ``scale`` come from an autoencoder (its decoder bias, and each row's kept norm); with W's
+    rows ~= scale * (up @ down + offset), ``x @ W^T`` adds ``x . offset`` to every output before the scale.
+    """
 
     def __init__(self, factors: LowRankFactors, bias: torch.Tensor | None):
         super().__init__()
-        if factors.bias is not None:
-            # A per-column offset of W's rows is a constant vector added to x before the product, which
-            # is no longer a plain Linear; methods that store one are applied to embeddings only.
-            raise ValueError("LowRankLinear takes factors without a row offset")
+        if factors.activation is not None or factors.exact_index is not None:
+            raise ValueError("a Linear folds only linear factors, without exact rows")
         self.up = nn.Parameter(factors.left)  # out x r
         self.down = nn.Parameter(factors.right)  # r x in
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.offset = _optional(factors.bias)  # in
+        self.scale = _optional(factors.row_scale)  # out
+        self.bias = _optional(bias)
 
     @property
     def rank(self) -> int:
         return self.down.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.down), self.up, self.bias)
+        y = F.linear(F.linear(x, self.down), self.up)
+        if self.offset is not None:
+            y = y + (x @ self.offset).unsqueeze(-1)
+        if self.scale is not None:
+            y = y * self.scale
+        return y if self.bias is None else y + self.bias
 
 
 class LowRankEmbedding(nn.Module):
-    """``E[ids] ~= table[ids] @ proj + offset``: a Gather on the (V x r) table, then an (r x d) MatMul."""
+    """``E[ids] ~= table[ids] @ proj (+ offset)``: a Gather on the (V x r) table, then an (r x d) MatMul.
+
+    Optional, from the autoencoder and the frequency-aware fit: ELU, a per-token scale, and exact rows for
+    the most frequent tokens (a Gather of each id's slot, then Where).
+    """
 
     def __init__(self, factors: LowRankFactors, padding_idx: int | None = None):
         super().__init__()
         self.table = nn.Parameter(factors.left)  # V x r
         self.proj = nn.Parameter(factors.right)  # r x d
-        self.offset = None if factors.bias is None else nn.Parameter(factors.bias)
+        self.offset = _optional(factors.bias)  # d
+        self.scale = _optional(factors.row_scale)  # V
+        self.elu = factors.activation == "elu"
+        self.exact_rows = _optional(factors.exact_rows)  # N x d
+        if factors.exact_index is not None:
+            slot = torch.full((factors.left.shape[0],), -1, dtype=torch.int32)
+            slot[factors.exact_index] = torch.arange(len(factors.exact_index), dtype=torch.int32)
+            self.register_buffer("slot", slot)
+        else:
+            self.slot = None
         self.padding_idx = padding_idx
 
     @property
@@ -46,22 +72,48 @@ class LowRankEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = F.embedding(input_ids, self.table) @ self.proj
-        return hidden if self.offset is None else hidden + self.offset
+        if self.offset is not None:
+            hidden = hidden + self.offset
+        if self.elu:
+            hidden = F.elu(hidden)
+        if self.scale is not None:
+            hidden = hidden * self.scale[input_ids].unsqueeze(-1)
+        if self.slot is not None:
+            slot = self.slot[input_ids]
+            exact = F.embedding(slot.clamp(min=0).long(), self.exact_rows)
+            hidden = torch.where((slot >= 0).unsqueeze(-1), exact, hidden)
+        return hidden
 
 
 class TiedLowRankHead(nn.Module):
     """An output projection tied to a factorised embedding: ``logits = h @ E^T (+ bias)``, sharing its factors.
 
-    With ``E ~= T P + 1 o^T``, ``h @ E^T = (h @ P^T) @ T^T + (h . o)``: no parameter of its own but the bias.
+    With ``E ~= diag(s) (T P + 1 o^T)``, ``h @ E^T = ((h @ P^T) @ T^T + h . o) * s``; exact rows give their
+    tokens' logits from ``h @ X^T`` instead. No parameter of its own but the bias.
     """
 
     def __init__(self, embedding: LowRankEmbedding, bias: torch.Tensor | None):
         super().__init__()
+        if embedding.elu:
+            raise ValueError("an ELU embedding cannot be tied to an output head")
         self.embedding = embedding
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.bias = _optional(bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = (hidden @ self.embedding.proj.t()) @ self.embedding.table.t()
-        if self.embedding.offset is not None:
-            logits = logits + (hidden @ self.embedding.offset).unsqueeze(-1)
+        e = self.embedding
+        logits = (hidden @ e.proj.t()) @ e.table.t()
+        if e.offset is not None:
+            logits = logits + (hidden @ e.offset).unsqueeze(-1)
+        if e.scale is not None:
+            logits = logits * e.scale
+        if e.slot is not None:
+            exact = (hidden @ e.exact_rows.t())[..., e.slot.clamp(min=0).long()]
+            logits = torch.where(e.slot >= 0, exact, logits)
         return logits if self.bias is None else logits + self.bias
+
+
+def low_rank_module(kind: str, factors: LowRankFactors, original: nn.Module) -> nn.Module:
+    """The stand-in for ``original`` (an embedding, or a Linear/Conv1D of the given kind)."""
+    if kind == "embeddings":
+        return LowRankEmbedding(factors, getattr(original, "padding_idx", None))
+    return LowRankLinear(factors, original.bias)

@@ -28,7 +28,7 @@ def package_versions() -> dict[str, str | None]:
 
 def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
                    model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
-                   shared_weights: int) -> dict:
+                   shared_weights: int, calibration: dict | None) -> dict:
     factorised = [r for r in records if r.status == "factorised"]
     return {
         "schema": SCHEMA,
@@ -48,6 +48,9 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
         "ratio": config.ratio,
         "seed": config.seed,
+        "frequency_aware": config.uses_frequency,
+        "method_options": config.method_options,
+        "calibration": calibration,
         "modules": [r.as_dict() for r in records],
         "totals": {
             "targeted_params_before": sum(r.params_before for r in records),

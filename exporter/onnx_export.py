@@ -42,6 +42,13 @@ def infer_task(config: PretrainedConfig) -> str:
     return check_task(task)
 
 
+def task_of_model(model: PreTrainedModel) -> str:
+    """The task of a loaded model, from its class (may be one edgefold does not export)."""
+    from optimum.exporters.tasks import TasksManager
+
+    return TasksManager.infer_task_from_model(type(model))
+
+
 def check_task(task: str) -> str:
     if task not in TASK_AUTO_CLASSES:
         raise EdgefoldError(f"task {task!r} is not supported; edgefold exports: {', '.join(TASK_AUTO_CLASSES)}")

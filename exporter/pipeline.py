@@ -13,12 +13,14 @@ from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
 
 from . import passes
+from .calibration import Calibration
 from .compress import CompressionConfig, compress_
+from .layers import LowRankEmbedding
 from .loading import inspect_model, load_model, load_tokenizer
 from .manifest import build_manifest, write_manifest
 from .onnx_export import export_onnx
 from .output import check_output_dir, staged_output
-from .verify import fidelity, max_abs_difference, onnx_outputs, tokenize, torch_outputs
+from .verify import fidelity, max_abs_difference, max_text_length, onnx_outputs, tokenize, torch_outputs
 
 #: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
 DEFAULT_PARITY_ATOL = 1e-3
@@ -38,18 +40,19 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
     step = _Steps(progress)
     source = inspect_model(model, task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
+    calibration = Calibration.load(config.calibration) if config.needs_calibration else None
 
     step(f"loading {source.name} ({source.config.model_type}, {source.task})")
     torch.manual_seed(config.seed)
     network = load_model(source, trust_remote_code)
     tokenizer = load_tokenizer(source)
     texts = shipped_texts()
-    batches = tokenize(tokenizer, texts, max_length=_max_length(network))
+    batches = tokenize(tokenizer, texts, max_length=max_text_length(network))
     reference = torch_outputs(network, batches)
     params_before = _count_params(network)
 
     step(f"compressing with {config.method} at ratio {config.ratio:g}")
-    records = compress_(network, config, progress=progress)
+    records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress)
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
@@ -73,7 +76,8 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
 
         step("writing the manifest")
         manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
-                                  files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared)
+                                  files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
+                                  calibration=calibration.as_dict() if calibration else None)
         write_manifest(staging, manifest)
     return manifest
 
@@ -95,10 +99,6 @@ def _tensors(network: nn.Module) -> list[torch.Tensor]:
 
 
 def _count_params(network: nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters())  # shared parameters are listed once
-
-
-def _max_length(network: nn.Module) -> int:
-    config = network.config
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 514
-    return min(128, positions - 2)  # RoBERTa's positions start after the padding index
+    """Parameters (shared ones once) plus the slot lookups of exact embedding rows, which are stored too."""
+    slots = sum(m.slot.numel() for m in network.modules() if isinstance(m, LowRankEmbedding) and m.slot is not None)
+    return sum(p.numel() for p in network.parameters()) + slots

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
+
+from .layers import low_rank_module
+from .methods import LowRankFactors
+from .onnx_export import task_of_model
 
 #: Tasks whose output is one vector per sequence; the others are compared token by token.
 _SEQUENCE_TASKS = {"feature-extraction": "mean-pooled last_hidden_state", "text-classification": "logits"}
@@ -88,3 +94,34 @@ def _comparable(task, ref, cand, batch) -> tuple[np.ndarray, np.ndarray]:
         return ref, cand
     mask = batch.attention_mask.astype(bool)
     return ref[mask], cand[mask]
+
+
+def max_text_length(model: PreTrainedModel) -> int:
+    """Tokens per text for the checks: 128, or fewer where the model has fewer positions."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 514
+    return min(128, positions - 2)  # RoBERTa's positions start after the padding index
+
+
+class ValidationScorer:
+    """Fidelity of the model with one module replaced by candidate factors, on validation text.
+
+    The reference is the model as it is when the scorer is made (the original, before any swap).
+    """
+
+    def __init__(self, model: PreTrainedModel, texts: list[str], tokenizer: PreTrainedTokenizerBase):
+        self.model = model
+        self.task = task_of_model(model)
+        self.batches = tokenize(tokenizer, texts, max_text_length(model), batch_size=64)
+        self.reference = torch_outputs(model, self.batches)
+
+    def for_module(self, name: str, kind: str, original: nn.Module) -> Callable[[LowRankFactors], float]:
+        def score(factors: LowRankFactors) -> float:
+            self.model.set_submodule(name, low_rank_module(kind, factors, original))
+            try:
+                outputs = torch_outputs(self.model, self.batches)
+            finally:
+                self.model.set_submodule(name, original)
+            return fidelity(self.task, self.reference, outputs, self.batches)["mean_cosine"]
+
+        return score

@@ -28,6 +28,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"edgefold: error: {message} (see: {self.prog} --help)\n")
 
 
+def _option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().replace("-", "_"), value.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgefold", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "attention-output, ffn-in, ffn-out (default: all)")
     export.add_argument("--ratio", type=_ratio, default=2.0,
                         help="compression factor R of the targeted weights: they keep 1/R of their parameters")
+    export.add_argument("--calibration", metavar="FILE",
+                        help="text (one item per line) for token frequencies and validation; default: the "
+                             "general-English corpus shipped with edgefold")
+    export.add_argument("--frequency", action=argparse.BooleanOptionalAction, default=None,
+                        help="weight embedding rows by token frequency and keep the most frequent exact "
+                             "(default: on for ae, off for svd)")
+    export.add_argument("--method-option", metavar="NAME=VALUE", action="append", default=[], type=_option,
+                        help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
+                             "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
+                             "svd_init, preserve_norms, ...; see README)")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--parity-atol", type=float, default=None,
                         help="largest ONNX-vs-torch difference accepted (default 1e-3)")
@@ -62,7 +79,9 @@ def _run_export(args: argparse.Namespace) -> int:
         from edgefold.exporter.manifest import format_summary
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
-    config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed)
+    config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed,
+                                        frequency=args.frequency, calibration=args.calibration,
+                                        method_options=dict(args.method_option))
     atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol
     manifest = exporter.export(args.model, args.output_dir, config, task=args.task, overwrite=args.overwrite,
                                trust_remote_code=args.trust_remote_code, parity_atol=atol,
