@@ -18,7 +18,7 @@ from edgefold.runtime.texts import shipped_texts
 
 SHIPPED_CALIBRATION = "calibration.txt"
 VALIDATION_EVERY = 5  # every 5th line is held out for validation
-MAX_VALIDATION = 256  # enough to rank candidates, few enough to score them often
+MAX_VALIDATION = 128  # enough to rank candidates, few enough to score them often
 UNIFORM_SHARE = 0.1  # share of row weight spread over the whole vocabulary, so unseen tokens still count
 
 

@@ -17,7 +17,7 @@ from .methods.svd import TruncatedSVD
 from .plan import plan_rank
 
 #: Shares of the module's budget tried for exact rows.
-EXACT_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+EXACT_SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def exact_row_cost(rows: int, cols: int, count: int) -> int:

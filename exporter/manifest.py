@@ -28,7 +28,7 @@ def package_versions() -> dict[str, str | None]:
 
 def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
                    model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
-                   shared_weights: int, calibration: dict | None) -> dict:
+                   shared_weights: int, calibration: dict | None, seconds: dict[str, float]) -> dict:
     factorised = [r for r in records if r.status == "factorised"]
     return {
         "schema": SCHEMA,
@@ -66,6 +66,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "files": {f.name: f.stat().st_size for f in files},
         "parity": parity,
         "fidelity": fidelity,
+        "seconds": seconds,
         "versions": package_versions(),
     }
 

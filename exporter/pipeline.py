@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -42,7 +43,7 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
     check_output_dir(output_dir, source.path, overwrite)
     calibration = Calibration.load(config.calibration) if config.needs_calibration else None
 
-    step(f"loading {source.name} ({source.config.model_type}, {source.task})")
+    step("load", f"loading {source.name} ({source.config.model_type}, {source.task})")
     torch.manual_seed(config.seed)
     network = load_model(source, trust_remote_code)
     tokenizer = load_tokenizer(source)
@@ -51,13 +52,13 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
     reference = torch_outputs(network, batches)
     params_before = _count_params(network)
 
-    step(f"compressing with {config.method} at ratio {config.ratio:g}")
+    step("compress", f"compressing with {config.method} at ratio {config.ratio:g}")
     records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress)
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
     with staged_output(output_dir) as staging:
-        step("exporting to ONNX")
+        step("export", "exporting to ONNX")
         onnx_path = export_onnx(network, source.task, staging, tokenizer)
         graph = onnx.load(str(onnx_path))
         shared = passes.store_shared_weights_once(graph)
@@ -66,7 +67,7 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
         files = passes.save(graph, onnx_path)
         del graph
 
-        step("checking parity of ONNX against torch")
+        step("parity", "checking parity of ONNX against torch")
         difference = max_abs_difference(onnx_outputs(onnx_path, batches), compressed, batches)
         if not difference <= parity_atol:
             raise EdgefoldError(f"parity check failed: ONNX differs from the compressed torch model by "
@@ -74,24 +75,40 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
         parity = {"max_abs_diff": difference, "atol": parity_atol, "texts": len(texts),
                   "runtime": "onnxruntime CPUExecutionProvider"}
 
-        step("writing the manifest")
+        step("manifest", "writing the manifest")
         manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
                                   files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
-                                  calibration=calibration.as_dict() if calibration else None)
+                                  calibration=calibration.as_dict() if calibration else None,
+                                  seconds=step.timings())
         write_manifest(staging, manifest)
     return manifest
 
 
 class _Steps:
-    """Numbered progress lines on stderr (the per-module bar comes from tqdm)."""
+    """Numbered progress lines on stderr (the per-module bar comes from tqdm), and the seconds each step took."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.done = enabled, 0
+        self.seconds: dict[str, float] = {}
+        self._current, self._started = None, time.perf_counter()
 
-    def __call__(self, what: str) -> None:
+    def __call__(self, name: str, what: str) -> None:
+        self._close()
+        self._current = name
         self.done += 1
         if self.enabled:
             print(f"edgefold: [{self.done}/{_STEPS}] {what}", file=sys.stderr, flush=True)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self._current:
+            self.seconds[self._current] = round(now - self._started, 3)
+        self._started = now
+
+    def timings(self) -> dict[str, float]:
+        self._close()
+        self._current = None
+        return self.seconds
 
 
 def _tensors(network: nn.Module) -> list[torch.Tensor]:

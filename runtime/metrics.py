@@ -12,7 +12,45 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of ``a`` to the same row of ``b`` (float64)."""
+    """Cosine similarity of each row of ``a`` to the same row of ``b``, accumulated in float64."""
+    dot = (a * b).sum(-1, dtype=np.float64)
+    norms = np.sqrt((a * a).sum(-1, dtype=np.float64) * (b * b).sum(-1, dtype=np.float64))
+    return dot / np.maximum(norms, 1e-12)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_matrix(a: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarities of the rows of ``a``."""
+    unit = _unit_rows(a)
+    return unit @ unit.T
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> float:
+    """Mean share of each item's k nearest neighbours (by cosine, itself excluded) that both models agree on."""
+    k = min(k, len(reference) - 1)
+    overlaps = []
+    top = []
+    for embeddings in (reference, candidate):
+        similarity = cosine_matrix(embeddings)
+        np.fill_diagonal(similarity, -np.inf)
+        top.append(np.argpartition(-similarity, k, axis=1)[:, :k])
+    for ref_row, cand_row in zip(*top):
+        overlaps.append(len(np.intersect1d(ref_row, cand_row)) / k)
+    return float(np.mean(overlaps))
+
+
+def spearman_of_similarities(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Spearman correlation between the two models' pairwise cosine similarities (each pair once)."""
+    upper = np.triu_indices(len(reference), k=1)
+    return float(np.corrcoef(_ranks(cosine_matrix(reference)[upper]), _ranks(cosine_matrix(candidate)[upper]))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    # ties are vanishingly rare in float similarities; ordinal ranks suffice
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return ranks

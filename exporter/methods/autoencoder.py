@@ -40,7 +40,7 @@ class AutoencoderOptions:
     activation: str = "linear"  # or "elu": ELU after encoder and decoder (embeddings only)
     svd_init: bool = True  # start from the truncated-SVD solution, so the fit begins where the baseline ends
     preserve_norms: bool = False  # store each row's norm and learn directions only
-    validate_every: int = 1  # epochs between validation checks (checkpoint selection)
+    validate_every: int = 5  # epochs between validation checks (checkpoint selection; the start is checked too)
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> AutoencoderOptions:
