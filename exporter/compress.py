@@ -134,20 +134,23 @@ class _Fitting:
         record.fit["budget_params"] = int(rows * cols / ratio)
         svd_rank = plan_rank(rows, cols, ratio)
         record.fit["svd_params_at_same_ratio"] = svd_rank * (rows + cols) if svd_rank else None
-        context = FitContext(seed=self.config.seed, progress=self.progress,
+        context = FitContext(seed=self.config.seed, progress=self.progress, kind=kinds[0],
                              score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None)
         torch.manual_seed(self.config.seed)
         if kinds == (EMBEDDINGS,) and self.config.uses_frequency:
             counts = self.calibration.token_counts(self.tokenizer, rows)
             factors = fit_frequency_aware(weight, ratio, self.method, counts, context)
         else:
-            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols))
+            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols, kinds[0]))
             factors = None if rank is None else self.method.fit(weight, rank, context)
         if factors is None:
             record.note = f"a factorisation would save nothing at ratio {ratio:g}"
             return record
-        self.model.set_submodule(name, low_rank_module(kinds[0], factors, module))
-        record.rank, record.params_after, record.status = factors.rank, factors.num_params, "factorised"
+        replacement = low_rank_module(kinds[0], factors, module)
+        self.model.set_submodule(name, replacement)
+        if kinds != (EMBEDDINGS,):
+            factors = factors.folded()  # as the Linear stores them
+        record.rank, record.params_after, record.status = replacement.rank, factors.num_params, "factorised"
         record.fit.update(context.details)
         return record
 

@@ -35,7 +35,8 @@ def fit_frequency_aware(weight: torch.Tensor, ratio: float, method: Method, coun
     trials = []
     for share in EXACT_SHARES:
         count = min(int(share * rows * cols / ratio) // cols, seen)
-        rank = plan_rank(rows, cols, ratio, exact_row_cost(rows, cols, count) + method.extra_params(rows, cols))
+        extra = exact_row_cost(rows, cols, count) + method.extra_params(rows, cols, "embeddings")
+        rank = plan_rank(rows, cols, ratio, extra)
         if rank is None:
             continue
         exact = order[:count]

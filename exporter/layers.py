@@ -14,20 +14,16 @@ def _optional(tensor: torch.Tensor | None) -> nn.Parameter | None:
 
 
 class LowRankLinear(nn.Module):
-    """``y = ((x @ down^T) @ up^T + x . offset) * scale + bias``: two MatMuls (in x r, r x out).
+    """``y = (x @ down^T) @ up^T + bias``: two MatMuls (in x r, r x out) and the original bias.
 
-    ``offset`` and ``scale`` come from an autoencoder (its decoder bias, and each row's kept norm); with W's
-    rows ~= scale * (up @ down + offset), ``x @ W^T`` adds ``x . offset`` to every output before the scale.
+    Factors with a bias or row scale (an autoencoder's) are folded first, so nothing runs between the MatMuls.
     """
 
     def __init__(self, factors: LowRankFactors, bias: torch.Tensor | None):
         super().__init__()
-        if factors.activation is not None or factors.exact_index is not None:
-            raise ValueError("a Linear folds only linear factors, without exact rows")
+        factors = factors.folded()
         self.up = nn.Parameter(factors.left)  # out x r
         self.down = nn.Parameter(factors.right)  # r x in
-        self.offset = _optional(factors.bias)  # in
-        self.scale = _optional(factors.row_scale)  # out
         self.bias = _optional(bias)
 
     @property
@@ -35,12 +31,7 @@ class LowRankLinear(nn.Module):
         return self.down.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(F.linear(x, self.down), self.up)
-        if self.offset is not None:
-            y = y + (x @ self.offset).unsqueeze(-1)
-        if self.scale is not None:
-            y = y * self.scale
-        return y if self.bias is None else y + self.bias
+        return F.linear(F.linear(x, self.down), self.up, self.bias)
 
 
 class LowRankEmbedding(nn.Module):

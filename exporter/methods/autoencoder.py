@@ -96,7 +96,9 @@ class DirectionAwareAutoencoder(Method):
     def __init__(self, options: AutoencoderOptions | None = None):
         self.options = options or AutoencoderOptions()
 
-    def extra_params(self, rows: int, cols: int) -> int:
+    def extra_params(self, rows: int, cols: int, kind: str) -> int:
+        if kind != "embeddings":
+            return 0  # the bias and norms fold into one rank of the budget's factors (see fit)
         return cols + (rows if self.options.preserve_norms else 0)  # decoder bias (+ one norm per row)
 
     def check_module(self, kind: str, tied: bool = False) -> None:
@@ -105,7 +107,11 @@ class DirectionAwareAutoencoder(Method):
                                 "embedding lookup not tied to an output head; use activation=linear here")
 
     def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
+        """For a Linear, ``rank`` is that of the folded factors: ``rank - 1`` latent dimensions plus the bias,
+        so the graph has exactly SVD's size and FLOPs at the same budget. Embeddings keep the bias as an Add."""
         o = self.options
+        if context.kind != "embeddings":
+            rank -= 1
         torch.manual_seed(context.seed)
         generator = torch.Generator().manual_seed(context.seed)
         weight = weight.float()
@@ -118,8 +124,7 @@ class DirectionAwareAutoencoder(Method):
         best = _Checkpoint(self._factors(model, weight, norms), context.score)
         bar = tqdm(range(o.epochs), desc="ae epochs", unit="epoch", leave=False, disable=not context.progress)
         for epoch in bar:
-            alpha = o.alpha_start + (o.alpha_end - o.alpha_start) * min(epoch / max(o.anneal_epochs, 1), 1.0)
-            loss = self._epoch(model, optimizer, weight, norms, alpha, context.row_weights, generator)
+            loss = self._epoch(model, optimizer, weight, norms, alpha_at(epoch, o), context.row_weights, generator)
             schedule.step()
             if (epoch + 1) % o.validate_every == 0 or epoch + 1 == o.epochs:
                 best.offer(epoch + 1, self._factors(model, weight, norms))
@@ -154,6 +159,11 @@ class DirectionAwareAutoencoder(Method):
             decoded = factors.dense()
             factors.row_scale = (norms[:, 0] / decoded.norm(dim=-1).clamp_min(1e-12)).contiguous()
         return factors
+
+
+def alpha_at(epoch: int, o: AutoencoderOptions) -> float:
+    """The power-L1 exponent in ``epoch`` (0-based): linear from alpha_start to alpha_end, then held."""
+    return o.alpha_start + (o.alpha_end - o.alpha_start) * min(epoch / max(o.anneal_epochs, 1), 1.0)
 
 
 def direction_loss(decoded: torch.Tensor, target: torch.Tensor, alpha: float, o: AutoencoderOptions) -> torch.Tensor:

@@ -58,6 +58,21 @@ class LowRankFactors:
             product = product.index_copy(0, self.exact_index, self.exact_rows)
         return product
 
+    def folded(self) -> LowRankFactors:
+        """The same matrix as plain factors: ``[s*T | s] @ [P ; o]``, one rank more when there is a bias.
+
+        Exact for the linear form; a Linear then runs as two MatMuls with nothing in between.
+        """
+        if self.activation is not None or self.exact_index is not None:
+            raise ValueError("only linear factors without exact rows fold into plain factors")
+        left, right = self.left, self.right
+        if self.bias is not None:
+            left = torch.cat([left, torch.ones(left.shape[0], 1, dtype=left.dtype)], dim=1)
+            right = torch.cat([right, self.bias[None]], dim=0)
+        if self.row_scale is not None:
+            left = left * self.row_scale[:, None]
+        return LowRankFactors(left.contiguous(), right.contiguous())
+
     def with_exact_rows(self, weight: torch.Tensor, index: torch.Tensor) -> LowRankFactors:
         """These factors with ``weight``'s rows at ``index`` stored exactly."""
         if not index.numel():
@@ -69,13 +84,14 @@ class LowRankFactors:
 class FitContext:
     """What a method may use beyond the weight.
 
-    ``row_weights``: how much each row matters (token frequencies), summing to 1, or None for uniform.
+    ``kind``: the module kind (see architectures). ``row_weights``: how much each row matters (token frequencies), summing to 1, or None for uniform.
     ``score``: validation fidelity of candidate factors (higher is better), for methods that select a
     checkpoint; computed on text the method does not fit on. ``details`` collects what the method reports.
     """
 
     row_weights: torch.Tensor | None = None
     score: Callable[[LowRankFactors], float] | None = None
+    kind: str = "embeddings"
     seed: int = 0
     progress: bool = False
     details: dict = field(default_factory=dict)
@@ -86,9 +102,9 @@ class Method(ABC):
 
     name: ClassVar[str]
 
-    def extra_params(self, rows: int, cols: int) -> int:
-        """Stored parameters beyond rank * (rows + cols); the budget planner subtracts them, so every method
-        is compared at the same number of stored parameters."""
+    def extra_params(self, rows: int, cols: int, kind: str) -> int:
+        """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts
+        them, so every method is compared at the same number of stored parameters."""
         return 0
 
     def check_module(self, kind: str, tied: bool = False) -> None:
