@@ -49,7 +49,7 @@ class CompressionConfig:
             raise EdgefoldError(f"--ratio must be a number greater than 1 (got {self.ratio!r})")
         self.build_method()  # refuses an unknown method or option now, before any work
 
-    def build_method(self) -> Method:
+    def build_method(self) -> Method | None:
         return get_method(self.method, self.method_options)
 
     @property
@@ -97,6 +97,8 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     """
     spec = spec_for(model.config.model_type)
     method = config.build_method()
+    if method is None:  # --method none
+        return []
     selected = _select(model, spec, config.targets)
     if not selected:
         raise EdgefoldError(f"no module of this {spec.name} model matches the targets {sorted(config.targets)}")

@@ -12,6 +12,7 @@ from edgefold.runtime.manifest import MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
 from .architectures import ALL_KINDS
 from .compress import CompressionConfig, ModuleRecord
 from .loading import SourceModel
+from .methods import NO_COMPRESSION
 
 _VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
 
@@ -44,7 +45,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "task": source.task,
         "method": config.method,
         # Low-rank factors replace the weights in the graph: fewer bytes AND fewer FLOPs.
-        "compression": "factorised",
+        "compression": "none" if config.method == NO_COMPRESSION else "factorised",
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
         "ratio": config.ratio,
         "seed": config.seed,
@@ -98,4 +99,4 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
 
 
 def _ratio(before: int, after: int) -> str:
-    return f"{before / after:.2f}x smaller" if after else "n/a"
+    return f"{before / after:.2f}x smaller" if after else "nothing targeted"

@@ -28,6 +28,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"edgefold: error: {message} (see: {self.prog} --help)\n")
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _option(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -46,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output_dir", type=Path)
     export.add_argument("--task", default="auto",
                         help="auto, feature-extraction, text-classification, fill-mask or text-generation")
-    export.add_argument("--method", default="svd", help="compression method (default: svd)")
+    export.add_argument("--method", default="svd",
+                        help="svd, ae, or none (export unchanged: a reference for validate)  (default: svd)")
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
                              "attention-output, ffn-in, ffn-out (default: all)")
@@ -70,6 +78,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a model's own Python code to run (only for models you trust)")
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(run=_run_export)
+
+    bench = commands.add_parser("bench", help="measure latency, memory and start-up of an exported folder",
+                                description="Measure an exported folder with onnxruntime; each configuration "
+                                            "runs in its own process. Writes JSON and prints a table.")
+    bench.add_argument("folder")
+    bench.add_argument("--compare", metavar="OTHER_DIR", help="a second folder, measured alternately")
+    bench.add_argument("--threads", type=_ints, default=None, help="comma-separated (default: 1 and all cores)")
+    bench.add_argument("--batch", type=_ints, default=(1,), help="comma-separated batch sizes (default 1)")
+    bench.add_argument("--seq", type=_ints, default=(128,), help="comma-separated sequence lengths (default 128)")
+    bench.add_argument("--inputs", choices=("text", "synthetic"), default="text",
+                       help="token ids from the folder's tokenizer on shipped text, or random ids")
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--iterations", type=int, default=10, help="at least this many timed runs ...")
+    bench.add_argument("--min-seconds", type=float, default=10.0, help="... and at least this long")
+    bench.add_argument("--optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    bench.add_argument("--no-arena", action="store_true", help="disable onnxruntime's CPU memory arena")
+    bench.add_argument("--no-spinning", action="store_true", help="intra-op threads sleep instead of spinning")
+    bench.add_argument("--emulated", action="store_true", help="label the timings as emulated (qemu)")
+    bench.add_argument("-o", "--output", type=Path, help="JSON file (default: bench-<folder>.json)")
+    bench.set_defaults(run=_run_bench)
+
+    validate = commands.add_parser("validate", help="gate a candidate on accuracy against a reference",
+                                   description="Compare a candidate folder with a reference folder on data; "
+                                               "exit 1 if any gate fails.")
+    validate.add_argument("candidate")
+    validate.add_argument("--reference", required=True, help="an exported folder (e.g. the uncompressed export)")
+    validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
+                                         "shipped evaluation text")
+    validate.add_argument("--text-column", default="text")
+    validate.add_argument("--label-column", help="gold labels (classification): adds accuracy and F1")
+    validate.add_argument("--query-column", help="with --positive-column: retrieval recall@1 and MRR")
+    validate.add_argument("--positive-column")
+    validate.add_argument("--gate", action="append", default=[], metavar="METRIC>=VALUE",
+                          help="repeatable, e.g. mean_cosine>=0.98 or accuracy_drop<=0.01 (default: a gate "
+                               "file, else per-task defaults)")
+    validate.add_argument("--gates", metavar="FILE", help='JSON {"gates": [...]} (default: edgefold-gates.json '
+                                                          "in the candidate folder, if present)")
+    validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json)")
+    validate.set_defaults(run=_run_validate)
+
+    report = commands.add_parser("report", help="merge bench and validate JSON into Markdown and plots")
+    report.add_argument("results", nargs="+", help="bench-*.json and validate-*.json, from any machines")
+    report.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and the plots")
+    report.set_defaults(run=_run_report)
     return parser
 
 
@@ -88,6 +140,53 @@ def _run_export(args: argparse.Namespace) -> int:
                                progress=not args.quiet)
     print(format_summary(manifest, args.output_dir))
     return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSettings, bench, format_table
+
+    settings = BenchSettings(
+        **({"threads": args.threads} if args.threads else {}), batch_sizes=args.batch, seq_lengths=args.seq,
+        warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, inputs=args.inputs,
+        optimization=args.optimization, arena=not args.no_arena, spinning=not args.no_spinning)
+    document = bench(args.folder, settings, compare=args.compare, emulated=args.emulated)
+    output = args.output or Path(f"bench-{Path(args.folder).resolve().name}.json")
+    _write_json(output, document)
+    print(format_table(document))
+    print(f"wrote {output}")
+    return 0
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from .dataset import load_data
+    from .validate import failures, validate
+
+    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    report = validate(args.candidate, args.reference, data, args.gate, args.gates)
+    output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
+    _write_json(output, report)
+    for name, value in report["metrics"].items():
+        print(f"  {name:24} {value:.4f}")
+    print(f"wrote {output}")
+    if report["passed"]:
+        print(f"PASS: {report['candidate']['name']} may ship ({len(report['gates'])} gate(s) met)")
+        return 0
+    for line in failures(report):
+        print(f"FAIL: {line}", file=sys.stderr)
+    return 1
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.results, args.output)}")
+    return 0
+
+
+def _write_json(path: Path, document: dict) -> None:
+    import json
+
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,16 @@ def minilm_r2(tmp_path_factory) -> tuple[Path, dict]:
     return out, manifest
 
 
+@pytest.fixture(scope="session")
+def minilm_variants(tmp_path_factory, minilm_r2) -> dict[str, Path]:
+    """Exported MiniLM folders for the runtime: uncompressed, mildly and harshly compressed."""
+    root = tmp_path_factory.mktemp("variants")
+    export(str(MINILM), root / "reference", CompressionConfig(method="none"), progress=False)
+    export(str(MINILM), root / "mild", CompressionConfig(targets="embeddings", ratio=1.5, frequency=True),
+           progress=False)
+    return {"reference": root / "reference", "mild": root / "mild", "harsh": minilm_r2[0]}
+
+
 def tree_digest(folder: Path) -> str:
     """A digest of every file's path and bytes below ``folder``: equal digests, untouched folder."""
     digest = hashlib.sha256()

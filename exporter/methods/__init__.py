@@ -9,14 +9,18 @@ from .base import FitContext, LowRankFactors, Method
 from .svd import TruncatedSVD
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (TruncatedSVD, DirectionAwareAutoencoder)}
+#: ``--method none`` exports the model unchanged: the reference for ``validate``, the baseline for ``bench``.
+NO_COMPRESSION = "none"
 #: Frequency-aware embeddings by default: the autoencoder as edgefold recommends it; SVD as the plain baseline.
-FREQUENCY_DEFAULT = {"svd": False, "ae": True}
+FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False}
 
 
-def get_method(name: str, options: dict[str, str] | None = None) -> Method:
-    """A method configured from NAME=VALUE options; an unknown name or option is refused in one line."""
+def get_method(name: str, options: dict[str, str] | None = None) -> Method | None:
+    """A method configured from NAME=VALUE options (None for ``none``); an unknown name or option is refused."""
+    if name == NO_COMPRESSION and not options:
+        return None
     if name not in METHODS:
-        raise EdgefoldError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+        raise EdgefoldError(f"unknown method {name!r}; choose from: {', '.join([*METHODS, NO_COMPRESSION])}")
     if name == "ae":
         return DirectionAwareAutoencoder(AutoencoderOptions.parse(options or {}))
     if options:
@@ -24,5 +28,5 @@ def get_method(name: str, options: dict[str, str] | None = None) -> Method:
     return METHODS[name]()
 
 
-__all__ = ["FREQUENCY_DEFAULT", "METHODS", "AutoencoderOptions", "FitContext", "LowRankFactors", "Method",
+__all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "FitContext", "LowRankFactors", "Method",
            "get_method"]

@@ -1,0 +1,119 @@
+"""An exported folder as the device sees it: graph, config, tokenizer, manifest. No torch, no transformers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgefoldError
+from .manifest import MANIFEST_NAME, read_manifest
+
+GRAPH = "model.onnx"
+EXTERNAL_DATA = ("model.onnx_data", "model.onnx.data")
+_TASK_SUFFIXES = (("ForSequenceClassification", "text-classification"), ("ForMaskedLM", "fill-mask"),
+                  ("ForCausalLM", "text-generation"), ("LMHeadModel", "text-generation"))
+
+
+@dataclass(frozen=True)
+class ExportedFolder:
+    path: Path
+    config: dict
+    manifest: dict | None
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ExportedFolder:
+        path = Path(folder)
+        if not path.is_dir():
+            raise EdgefoldError(f"no such folder: {folder}")
+        if not (path / GRAPH).is_file():
+            raise EdgefoldError(f"{folder} holds no {GRAPH}: not an exported model folder")
+        config = _json(path / "config.json") if (path / "config.json").is_file() else {}
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        return cls(path, config, manifest)
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def graph(self) -> Path:
+        return self.path / GRAPH
+
+    @property
+    def task(self) -> str:
+        if self.manifest:
+            return self.manifest["task"]
+        architecture = (self.config.get("architectures") or [""])[0]
+        return next((task for suffix, task in _TASK_SUFFIXES if architecture.endswith(suffix)),
+                    "feature-extraction")
+
+    @property
+    def max_positions(self) -> int | None:
+        positions = self.config.get("max_position_embeddings") or self.config.get("n_positions")
+        if positions and self.config.get("model_type") in ("roberta", "xlm-roberta"):
+            positions -= 2  # positions start after the padding index
+        return positions
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        files = [self.path / GRAPH, *(self.path / name for name in EXTERNAL_DATA)]
+        return {f.name: f.stat().st_size for f in files if f.is_file()}
+
+    def encoder(self) -> TextEncoder:
+        return TextEncoder(self)
+
+
+class TextEncoder:
+    """The folder's own ``tokenizer.json``, right-padding and truncating like the exporter's checks."""
+
+    def __init__(self, folder: ExportedFolder):
+        from tokenizers import Tokenizer
+
+        path = folder.path / "tokenizer.json"
+        if not path.is_file():
+            raise EdgefoldError(f"{folder.path} has no tokenizer.json")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # the tokenizers library raises a bare Exception for a bad file
+            raise EdgefoldError(f"cannot read {path}: {error}") from None
+        vocab = folder.config.get("vocab_size")
+        if vocab and self.tokenizer.get_vocab_size() > vocab:
+            raise EdgefoldError(f"the tokenizer in {folder.path} has {self.tokenizer.get_vocab_size()} tokens but "
+                                f"the model embeds {vocab}: they do not belong together")
+        self.max_positions = folder.max_positions
+        self.pad_id = _pad_id(folder, self.tokenizer)
+
+    def encode(self, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), right-padded to the longest text, truncated to ``max_length``."""
+        self.check_length(max_length)
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(pad_id=self.pad_id, direction="right")
+        encoded = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        return ids, mask
+
+    def check_length(self, length: int) -> None:
+        if self.max_positions and length > self.max_positions:
+            raise EdgefoldError(f"sequence length {length} is longer than the model's maximum of "
+                                f"{self.max_positions} positions")
+
+
+def _pad_id(folder: ExportedFolder, tokenizer) -> int:
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder.path / name
+        if path.is_file():
+            pad = _json(path).get("pad_token")
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            if pad and tokenizer.token_to_id(pad) is not None:
+                return tokenizer.token_to_id(pad)
+    return folder.config.get("pad_token_id") or 0
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EdgefoldError(f"{path} is not valid JSON: {error}") from None
