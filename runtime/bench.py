@@ -189,7 +189,8 @@ def format_table(document: dict) -> str:
                          f"{lat['p90']:>8.2f} {lat['p99']:>8.2f} {lat['sequences_per_s']:>8.1f} "
                          f"{m['peak_rss_bytes'] / 2**20:>7.0f}")
         if "p50_ratio" in row:
-            lines.append(f"{'  ratio (2nd / 1st)':24} p50 {row['p50_ratio']:.3f} (measured alternately), "
+            first, second = document["compare"]
+            lines.append(f"  {second} / {first}: p50 {row['p50_ratio']:.3f} (measured alternately), "
                          f"peak RSS {row['peak_rss_ratio']:.3f}")
     return "\n".join(lines)
 

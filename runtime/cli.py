@@ -165,6 +165,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     report = validate(args.candidate, args.reference, data, args.gate, args.gates)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
     _write_json(output, report)
+    print(f"{report['candidate']['name']} against {report['reference']['name']} ({report['task']}) on "
+          f"{data.source}, {len(data.texts)} items")
     for name, value in report["metrics"].items():
         print(f"  {name:24} {value:.4f}")
     print(f"wrote {output}")

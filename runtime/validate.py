@@ -107,8 +107,9 @@ def _sentence_embeddings(model: ExportedFolder, texts: list[str]) -> np.ndarray:
 def _feature_extraction(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> dict:
     a, b = _sentence_embeddings(ref, data.texts), _sentence_embeddings(cand, data.texts)
     cosines = row_cosines(a, b)
-    metrics = {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()),
-               "top10_agreement": neighbour_agreement(a, b, 10), "spearman": spearman_of_similarities(a, b)}
+    metrics = {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min())}
+    if len(a) >= 3:  # neighbours and a rank correlation need a few items
+        metrics.update(top10_agreement=neighbour_agreement(a, b, 10), spearman=spearman_of_similarities(a, b))
     if data.pairs:
         queries, positives = zip(*data.pairs)
         for side, model in (("reference", ref), ("candidate", cand)):
