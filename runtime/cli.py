@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import EdgefoldError
@@ -103,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Compare a candidate folder with a reference folder on data; "
                                                "exit 1 if any gate fails.")
     validate.add_argument("candidate")
-    validate.add_argument("--reference", required=True, help="an exported folder (e.g. the uncompressed export)")
+    validate.add_argument("--reference", required=True,
+                          help="an exported folder, or (with edgefold[export]) the original Hugging Face model")
     validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
                                          "shipped evaluation text")
     validate.add_argument("--text-column", default="text")
@@ -162,7 +165,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     from .validate import failures, validate
 
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
-    report = validate(args.candidate, args.reference, data, args.gate, args.gates)
+    with _reference_folder(args.reference) as reference:
+        report = validate(args.candidate, reference, data, args.gate, args.gates)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
     _write_json(output, report)
     print(f"{report['candidate']['name']} against {report['reference']['name']} ({report['task']}) on "
@@ -183,6 +187,24 @@ def _run_report(args: argparse.Namespace) -> int:
 
     print(f"wrote {write_report(args.results, args.output)}")
     return 0
+
+
+@contextlib.contextmanager
+def _reference_folder(reference: str):
+    """An exported folder as it is; a Hugging Face model (folder or hub id) exported unchanged, for the run."""
+    if (Path(reference) / "model.onnx").is_file():
+        yield reference
+        return
+    try:
+        from edgefold import exporter
+    except ImportError:
+        raise EdgefoldError(f"{reference} is not an exported folder; to use a Hugging Face model as the "
+                            f"reference, {EXPORT_EXTRA_HINT}") from None
+    with tempfile.TemporaryDirectory(prefix="edgefold-reference-") as tmp:
+        print(f"exporting the reference {reference} unchanged", file=sys.stderr)
+        exporter.export(reference, Path(tmp) / "reference", exporter.CompressionConfig(method="none"),
+                        progress=False)
+        yield str(Path(tmp) / "reference")
 
 
 def _write_json(path: Path, document: dict) -> None:

@@ -85,6 +85,15 @@ def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, 
     assert not json.loads(harsh.read_text())["passed"]
 
 
+def test_validate_against_the_original_hugging_face_model(minilm_variants, tmp_path, capsys):
+    from conftest import MINILM
+
+    out = tmp_path / "v.json"
+    assert main(["validate", str(minilm_variants["mild"]), "--reference", str(MINILM), "-o", str(out)]) == 0
+    assert "exporting the reference" in capsys.readouterr().err
+    assert json.loads(out.read_text())["metrics"]["mean_cosine"] > 0.98
+
+
 def test_validate_reads_jsonl_pairs_csv_and_gate_files(minilm_variants, tmp_path, capsys):
     pairs = [("how do I fix a flat bicycle tyre", "Patch the inner tube after finding the puncture."),
              ("what raises mortgage costs", "The central bank lifted interest rates again."),
