@@ -170,15 +170,17 @@ def _worker(job: dict) -> dict:
             times.append((time.perf_counter() - start) * 1000)
     for name, _, _, times in runs:
         out[name]["latency_ms"] = _summary(times, job["batch"])
-        out[name]["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out[name]["peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024  # KiB on Linux
     return out
 
 
 def format_table(document: dict) -> str:
     """A readable table of a bench document."""
-    lines = [f"{document['machine']['cpu']} ({document['machine']['architecture']}, "
-             f"{document['machine']['cores']} cores){' [EMULATED: timings are not device speed]' if document['machine']['emulated'] else ''}, "
-             f"onnxruntime {document['machine']['onnxruntime']}",
+    machine = document["machine"]
+    emulated = " [EMULATED: timings are not device speed]" if machine["emulated"] else ""
+    lines = [f"{machine['cpu']} ({machine['architecture']}, {machine['cores']} cores){emulated}, "
+             f"onnxruntime {machine['onnxruntime']}",
              f"{'model':24} {'thr':>3} {'batch':>5} {'seq':>4} {'create s':>8} {'first ms':>8} {'p50 ms':>8} "
              f"{'p90 ms':>8} {'p99 ms':>8} {'seq/s':>8} {'RSS MB':>7}"]
     for row in document["results"]:

@@ -65,7 +65,8 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["# edgefold report", ""]
     if quality:
-        lines += ["## Accuracy", "", "| model | reference | bytes | metric | value | gates |", "|---|---|---|---|---|---|"]
+        lines += ["## Accuracy", "", "| model | reference | bytes | metric | value | gates |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {q['model']} | {q['reference']} | {q['bytes']:,} | {q['metric']} | {q['value']:.4f} | "
                   f"{'pass' if q['passed'] else 'FAIL'} |" for q in quality]
         lines += ["", "![accuracy against bytes](quality.png)", ""]

@@ -28,5 +28,5 @@ def get_method(name: str, options: dict[str, str] | None = None) -> Method | Non
     return METHODS[name]()
 
 
-__all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "FitContext", "LowRankFactors", "Method",
-           "get_method"]
+__all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "FitContext", "LowRankFactors",
+           "Method", "get_method"]

@@ -84,7 +84,8 @@ class LowRankFactors:
 class FitContext:
     """What a method may use beyond the weight.
 
-    ``kind``: the module kind (see architectures). ``row_weights``: how much each row matters (token frequencies), summing to 1, or None for uniform.
+    ``kind``: the module kind (see architectures). ``row_weights``: how much each row matters (token
+    frequencies), summing to 1, or None for uniform.
     ``score``: validation fidelity of candidate factors (higher is better), for methods that select a
     checkpoint; computed on text the method does not fit on. ``details`` collects what the method reports.
     """
