@@ -29,7 +29,8 @@ def package_versions() -> dict[str, str | None]:
 
 def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
                    model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
-                   shared_weights: int, calibration: dict | None, seconds: dict[str, float]) -> dict:
+                   shared_weights: int, calibration: dict | None, quantization: dict | None,
+                   seconds: dict[str, float]) -> dict:
     factorised = [r for r in records if r.status == "factorised"]
     return {
         "schema": SCHEMA,
@@ -67,6 +68,8 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "files": {f.name: f.stat().st_size for f in files},
         "parity": parity,
         "fidelity": fidelity,
+        # After the fold and its parity check: what was quantised, and how far it moved the outputs.
+        "quantization": quantization,
         "seconds": seconds,
         "versions": package_versions(),
     }
@@ -95,6 +98,11 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
         f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
     ]
+    quantization = manifest.get("quantization")
+    if quantization:
+        lines.append(f"  quantised {quantization['scheme']} ({quantization['weights']}): mean cosine "
+                     f"{quantization['fidelity_vs_fp32']['mean_cosine']:.4f} to the fp32 graph, "
+                     f"{quantization['fidelity_vs_original']['mean_cosine']:.4f} to the original")
     return "\n".join(lines)
 
 

@@ -21,24 +21,27 @@ from .loading import inspect_model, load_model, load_tokenizer
 from .manifest import build_manifest, write_manifest
 from .onnx_export import export_onnx
 from .output import check_output_dir, staged_output
+from .quantize import check_scheme, quantize
 from .verify import fidelity, max_abs_difference, max_text_length, onnx_outputs, tokenize, torch_outputs
 
 #: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
 DEFAULT_PARITY_ATOL = 1e-3
-_STEPS = 5
 
 
 def export(model: str, output_dir: str | Path, config: CompressionConfig | None = None, *, task: str = "auto",
            overwrite: bool = False, trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL,
-           progress: bool = True) -> dict:
+           quantize_scheme: str = "none", per_channel: bool = False, progress: bool = True) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
-    Returns the manifest, also written as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a
+    ``quantize_scheme`` (int8 or int4) quantises the folded graph after its parity check against torch; the
+    quantised graph is then compared with the fp32 one and with the original. Returns the manifest, also written
+    as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a
     failed check, in which case nothing is written and an existing ``output_dir`` is left as it was.
     """
     config = config or CompressionConfig()
     output_dir = Path(output_dir)
-    step = _Steps(progress)
+    check_scheme(quantize_scheme)
+    step = _Steps(progress, total=5 if quantize_scheme == "none" else 6)
     source = inspect_model(model, task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
     calibration = Calibration.load(config.calibration) if config.needs_calibration else None
@@ -68,18 +71,33 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
         del graph
 
         step("parity", "checking parity of ONNX against torch")
-        difference = max_abs_difference(onnx_outputs(onnx_path, batches), compressed, batches)
+        fp32_outputs = onnx_outputs(onnx_path, batches)
+        difference = max_abs_difference(fp32_outputs, compressed, batches)
         if not difference <= parity_atol:
             raise EdgefoldError(f"parity check failed: ONNX differs from the compressed torch model by "
                                 f"{difference:.3g} (tolerance {parity_atol:g}); nothing was written")
         parity = {"max_abs_diff": difference, "atol": parity_atol, "texts": len(texts),
                   "runtime": "onnxruntime CPUExecutionProvider"}
 
+        quantization = None
+        if quantize_scheme != "none":
+            step("quantize", f"quantising to {quantize_scheme}")
+            unquantized = onnx_path.with_name(".fp32.onnx")
+            onnx_path.rename(unquantized)
+            quantization = quantize(unquantized, onnx_path, quantize_scheme, per_channel)
+            unquantized.unlink()
+            quantized_outputs = onnx_outputs(onnx_path, batches)
+            quantization.update(
+                max_abs_diff_vs_fp32=max_abs_difference(quantized_outputs, fp32_outputs, batches),
+                fidelity_vs_fp32=fidelity(source.task, fp32_outputs, quantized_outputs, batches),
+                fidelity_vs_original=fidelity(source.task, reference, quantized_outputs, batches))
+            files = [onnx_path]
+
         step("manifest", "writing the manifest")
         manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
                                   files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
                                   calibration=calibration.as_dict() if calibration else None,
-                                  seconds=step.timings())
+                                  quantization=quantization, seconds=step.timings())
         write_manifest(staging, manifest)
     return manifest
 
@@ -87,8 +105,8 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
 class _Steps:
     """Numbered progress lines on stderr (the per-module bar comes from tqdm), and the seconds each step took."""
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.done = enabled, 0
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.done, self.total = enabled, 0, total
         self.seconds: dict[str, float] = {}
         self._current, self._started = None, time.perf_counter()
 
@@ -97,7 +115,7 @@ class _Steps:
         self._current = name
         self.done += 1
         if self.enabled:
-            print(f"edgefold: [{self.done}/{_STEPS}] {what}", file=sys.stderr, flush=True)
+            print(f"edgefold: [{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
 
     def _close(self) -> None:
         now = time.perf_counter()

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
                              "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
                              "svd_init, preserve_norms, ...; see README)")
+    export.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                        help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
+                             "MatMulNBits (default: none)")
+    export.add_argument("--per-channel", action="store_true", help="int8 weights with one scale per channel")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--parity-atol", type=float, default=None,
                         help="largest ONNX-vs-torch difference accepted (default 1e-3)")
@@ -140,7 +144,7 @@ def _run_export(args: argparse.Namespace) -> int:
     atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol
     manifest = exporter.export(args.model, args.output_dir, config, task=args.task, overwrite=args.overwrite,
                                trust_remote_code=args.trust_remote_code, parity_atol=atol,
-                               progress=not args.quiet)
+                               quantize_scheme=args.quantize, per_channel=args.per_channel, progress=not args.quiet)
     print(format_summary(manifest, args.output_dir))
     return 0
 
