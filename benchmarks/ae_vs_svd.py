@@ -60,9 +60,9 @@ def quality(reference: np.ndarray, candidate: np.ndarray) -> dict:
             "spearman": spearman_of_similarities(reference, candidate)}
 
 
-def latencies(paths: dict[str, Path], rounds: int) -> dict[str, float]:
+def latencies(paths: dict[str, Path], rounds: int, threads: int = 1) -> dict[str, float]:
     """Median ms of one batch-1, 128-token run per variant, the variants taking turns in every round."""
-    sessions = {name: open_session(path, threads=1) for name, path in paths.items()}
+    sessions = {name: open_session(path, threads=threads, spinning=False) for name, path in paths.items()}
     ids = np.random.default_rng(0).integers(1000, 20000, size=(1, 128))
     feeds = {name: make_feed(s, ids, np.ones_like(ids)) for name, s in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in sessions}

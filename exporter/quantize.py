@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -24,16 +25,38 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
+@contextmanager
+def _quiet_root_logger():
+    # onnxruntime's quantiser logs advice ("consider pre-processing") on the root logger; not the user's concern.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize(source: Path, target: Path, scheme: str, per_channel: bool = False) -> dict:
     """Write ``source`` quantised with ``scheme`` to ``target``; returns what was done, for the manifest."""
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with _quiet_root_logger():
+        details = _quantize(source, target, scheme, per_channel)
+    ops = Counter(node.op_type for node in onnx.load(str(target), load_external_data=False).graph.node)
+    quantized_ops = {op: n for op, n in ops.items()
+                     if op in ("MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "DequantizeLinear")}
+    if not quantized_ops:
+        raise EdgefoldError(f"--quantize {scheme} found nothing to quantise in this graph")
+    return {"scheme": scheme, **details, "quantized_ops": quantized_ops}
+
+
+def _quantize(source: Path, target: Path, scheme: str, per_channel: bool) -> dict:
     if scheme == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # Dynamic: weights int8 ahead of time, activations quantised per call. Gather: the embedding table.
         quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gather"], per_channel=per_channel,
                          weight_type=QuantType.QInt8)
-        details = {"weights": "int8 symmetric", "activations": "uint8, dynamic", "per_channel": per_channel}
+        return {"weights": "int8 symmetric", "activations": "uint8, dynamic", "per_channel": per_channel}
     elif scheme == "int4":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -41,13 +64,6 @@ def quantize(source: Path, target: Path, scheme: str, per_channel: bool = False)
                                          op_types_to_quantize=("MatMul",))
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-        details = {"weights": f"int4 symmetric, blocks of {INT4_BLOCK_SIZE}", "activations": "fp32",
-                   "per_channel": False}
-    else:
-        raise EdgefoldError(f"nothing to do for --quantize {scheme}")
-    ops = Counter(node.op_type for node in onnx.load(str(target), load_external_data=False).graph.node)
-    quantized_ops = {op: n for op, n in ops.items()
-                     if op in ("MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "DequantizeLinear")}
-    if not quantized_ops:
-        raise EdgefoldError(f"--quantize {scheme} found nothing to quantise in this graph")
-    return {"scheme": scheme, **details, "quantized_ops": quantized_ops}
+        return {"weights": f"int4 symmetric, blocks of {INT4_BLOCK_SIZE}", "activations": "fp32",
+                "per_channel": False}
+    raise EdgefoldError(f"nothing to do for --quantize {scheme}")

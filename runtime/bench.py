@@ -147,8 +147,6 @@ def _summary(latencies_ms: list[float], batch: int) -> dict:
 
 def _worker(job: dict) -> dict:
     """Inside the worker: load, first inference, warm-up, then the timed runs, models taking turns."""
-    import resource
-
     settings = BenchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["settings"].items()})
     models = [ExportedFolder.open(f) for f in job["folders"]]
     runs, out = [], {}
@@ -170,9 +168,27 @@ def _worker(job: dict) -> dict:
             times.append((time.perf_counter() - start) * 1000)
     for name, _, _, times in runs:
         out[name]["latency_ms"] = _summary(times, job["batch"])
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out[name]["peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024  # KiB on Linux
+        out[name]["peak_rss_bytes"] = peak_rss_bytes()
     return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program.
+
+    Linux keeps ``ru_maxrss`` across exec, so a worker started by a large parent would report the parent's
+    peak; ``VmHWM`` belongs to the address space exec replaced, so it is the worker's own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def format_table(document: dict) -> str:

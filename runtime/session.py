@@ -13,11 +13,17 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "te
                  "tensor(int32)": np.int32}
 
 
-def open_session(model_path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session on ``model_path``; ``threads`` sets intra-op threads (None: onnxruntime's default)."""
+def open_session(model_path: str | Path, threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session on ``model_path``; ``threads`` sets intra-op threads (None: onnxruntime's default).
+
+    Turn ``spinning`` off when several sessions take turns: a pool that spins after its run steals the cores
+    the next session needs.
+    """
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated types for a bad file

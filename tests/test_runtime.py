@@ -193,3 +193,13 @@ def test_runtime_alone_in_a_fresh_venv(minilm_variants, tmp_path):
     assert run.returncode == 0 and "PASS" in run.stdout, run.stderr
     run = subprocess.run([edgefold, "export", "x", "y"], capture_output=True, text=True)
     assert run.returncode == 2 and 'pip install "edgefold[export]"' in run.stderr
+
+
+def test_a_worker_reports_its_own_peak_memory_not_its_parents():
+    """Linux keeps ru_maxrss across exec: a worker of a large parent must not report the parent's peak."""
+    import numpy as np
+
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MB held by this (parent) process
+    child = subprocess.run([sys.executable, "-c", "from edgefold.runtime.bench import peak_rss_bytes as p; "
+                            "print(p())"], capture_output=True, text=True, check=True)
+    assert int(child.stdout) < 200 * 2**20 and ballast.sum() > 0
