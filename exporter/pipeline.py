@@ -35,8 +35,8 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
 
     ``quantize_scheme`` (int8 or int4) quantises the folded graph after its parity check against torch; the
     quantised graph is then compared with the fp32 one and with the original. Returns the manifest, also written
-    as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a
-    failed check, in which case nothing is written and an existing ``output_dir`` is left as it was.
+    as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a failed check, in which case nothing is
+    written and an existing ``output_dir`` is left as it was.
     """
     config = config or CompressionConfig()
     output_dir = Path(output_dir)
@@ -50,8 +50,7 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
     torch.manual_seed(config.seed)
     network = load_model(source, trust_remote_code)
     tokenizer = load_tokenizer(source)
-    texts = shipped_texts()
-    batches = tokenize(tokenizer, texts, max_length=max_text_length(network))
+    batches = tokenize(tokenizer, shipped_texts(), max_length=max_text_length(network))
     reference = torch_outputs(network, batches)
     params_before = _count_params(network)
 
@@ -62,35 +61,17 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
 
     with staged_output(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path = export_onnx(network, source.task, staging, tokenizer)
-        graph = onnx.load(str(onnx_path))
-        shared = passes.store_shared_weights_once(graph)
-        passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
-                                     [tuple(t.shape) for t in _tensors(network)])
-        files = passes.save(graph, onnx_path)
-        del graph
+        onnx_path, files, shared = _write_graph(network, source.task, staging, tokenizer, records)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)
-        difference = max_abs_difference(fp32_outputs, compressed, batches)
-        if not difference <= parity_atol:
-            raise EdgefoldError(f"parity check failed: ONNX differs from the compressed torch model by "
-                                f"{difference:.3g} (tolerance {parity_atol:g}); nothing was written")
-        parity = {"max_abs_diff": difference, "atol": parity_atol, "texts": len(texts),
-                  "runtime": "onnxruntime CPUExecutionProvider"}
+        parity = _check_parity(fp32_outputs, compressed, batches, parity_atol)
 
         quantization = None
         if quantize_scheme != "none":
             step("quantize", f"quantising to {quantize_scheme}")
-            unquantized = onnx_path.with_name(".fp32.onnx")
-            onnx_path.rename(unquantized)
-            quantization = quantize(unquantized, onnx_path, quantize_scheme, per_channel)
-            unquantized.unlink()
-            quantized_outputs = onnx_outputs(onnx_path, batches)
-            quantization.update(
-                max_abs_diff_vs_fp32=max_abs_difference(quantized_outputs, fp32_outputs, batches),
-                fidelity_vs_fp32=fidelity(source.task, fp32_outputs, quantized_outputs, batches),
-                fidelity_vs_original=fidelity(source.task, reference, quantized_outputs, batches))
+            quantization = _quantize_graph(onnx_path, quantize_scheme, per_channel, source.task, batches,
+                                           fp32_outputs, reference)
             files = [onnx_path]
 
         step("manifest", "writing the manifest")
@@ -100,6 +81,39 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
                                   quantization=quantization, seconds=step.timings())
         write_manifest(staging, manifest)
     return manifest
+
+
+def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records) -> tuple[Path, list[Path], int]:
+    """Export, store shared weights once, refuse dense copies; returns (graph path, files, weights shared)."""
+    onnx_path = export_onnx(network, task, folder, tokenizer)
+    graph = onnx.load(str(onnx_path))
+    shared = passes.store_shared_weights_once(graph)
+    passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
+                                 [tuple(t.shape) for t in _tensors(network)])
+    return onnx_path, passes.save(graph, onnx_path), shared
+
+
+def _check_parity(onnx_out: list, torch_out: list, batches: list, atol: float) -> dict:
+    difference = max_abs_difference(onnx_out, torch_out, batches)
+    if not difference <= atol:
+        raise EdgefoldError(f"parity check failed: ONNX differs from the compressed torch model by "
+                            f"{difference:.3g} (tolerance {atol:g}); nothing was written")
+    return {"max_abs_diff": difference, "atol": atol, "texts": sum(len(b.input_ids) for b in batches),
+            "runtime": "onnxruntime CPUExecutionProvider"}
+
+
+def _quantize_graph(onnx_path: Path, scheme: str, per_channel: bool, task: str, batches: list,
+                    fp32_outputs: list, reference: list) -> dict:
+    """Quantise the checked fp32 graph in place; report how far it moved from the fp32 graph and the original."""
+    unquantized = onnx_path.with_name(".fp32.onnx")
+    onnx_path.rename(unquantized)
+    quantization = quantize(unquantized, onnx_path, scheme, per_channel)
+    unquantized.unlink()
+    quantized = onnx_outputs(onnx_path, batches)
+    quantization.update(max_abs_diff_vs_fp32=max_abs_difference(quantized, fp32_outputs, batches),
+                        fidelity_vs_fp32=fidelity(task, fp32_outputs, quantized, batches),
+                        fidelity_vs_original=fidelity(task, reference, quantized, batches))
+    return quantization
 
 
 class _Steps:
