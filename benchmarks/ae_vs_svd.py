@@ -26,8 +26,10 @@ import transformers  # noqa: E402
 from edgefold.exporter import CompressionConfig, export  # noqa: E402
 from edgefold.exporter.loading import resolve_model_path  # noqa: E402
 from edgefold.exporter.onnx_export import export_onnx  # noqa: E402
-from edgefold.runtime.metrics import mean_pool, neighbour_agreement, row_cosines, spearman_of_similarities  # noqa: E402
+from edgefold.runtime.folder import ExportedFolder  # noqa: E402
+from edgefold.runtime.metrics import neighbour_agreement, row_cosines, spearman_of_similarities  # noqa: E402
 from edgefold.runtime.session import make_feed, open_session  # noqa: E402
+from edgefold.runtime.validate import sentence_embeddings  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,16 +43,6 @@ VARIANTS = {  # frequency-awareness touches embeddings only, so the layer cases 
 }
 LAYER_VARIANTS = ("svd", "ae (paper: unweighted)", "ae + row norms")
 CASES = [("embeddings", 2.5), ("embeddings", 5), ("embeddings", 10), ("attention,ffn", 1.33), ("attention,ffn", 2)]
-
-
-def sentence_embeddings(onnx_path: Path, tokenizer, texts: list[str]) -> np.ndarray:
-    session = open_session(onnx_path, threads=os.cpu_count())
-    pooled = []
-    for start in range(0, len(texts), 32):
-        batch = tokenizer(texts[start:start + 32], padding=True, truncation=True, max_length=128, return_tensors="np")
-        hidden = session.run(["last_hidden_state"], make_feed(session, batch["input_ids"], batch["attention_mask"]))[0]
-        pooled.append(mean_pool(hidden, batch["attention_mask"]))
-    return np.concatenate(pooled)
 
 
 def quality(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -87,7 +79,7 @@ def run(rounds: int) -> dict:
         original.mkdir()
         export_onnx(transformers.AutoModel.from_pretrained(model_path).eval(), "feature-extraction", original,
                     tokenizer)
-        reference = sentence_embeddings(original / "model.onnx", tokenizer, texts)
+        reference = sentence_embeddings(ExportedFolder.open(original), texts)
         paths["original"] = original / "model.onnx"
         rows.append({"targets": "-", "ratio": 1, "variant": "original fp32", "fit_s": 0.0,
                      "bytes": (original / "model.onnx").stat().st_size, **quality(reference, reference)})
@@ -103,7 +95,7 @@ def run(rounds: int) -> dict:
                 rows.append({"targets": targets, "ratio": ratio, "variant": variant,
                              "fit_s": manifest["seconds"]["compress"], "bytes": manifest["totals"]["bytes_after"],
                              "params_after": manifest["totals"]["targeted_params_after"],
-                             **quality(reference, sentence_embeddings(out / "model.onnx", tokenizer, texts))})
+                             **quality(reference, sentence_embeddings(ExportedFolder.open(out), texts))})
                 print(f"{key:60} cos {rows[-1]['mean_cosine']:.4f}  top10 {rows[-1]['top10_agreement']:.3f}  "
                       f"fit {rows[-1]['fit_s']:.0f}s", flush=True)
         times = latencies(paths, rounds)

@@ -18,13 +18,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import onnx  # noqa: E402
-import transformers  # noqa: E402
-from ae_vs_svd import MODEL, RESULTS, latencies, quality, sentence_embeddings  # noqa: E402
+from ae_vs_svd import MODEL, RESULTS, latencies, quality  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, export  # noqa: E402
 from edgefold.exporter.loading import resolve_model_path  # noqa: E402
 from edgefold.runtime.bench import BenchSettings, bench  # noqa: E402
+from edgefold.runtime.folder import ExportedFolder  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402
+from edgefold.runtime.validate import sentence_embeddings  # noqa: E402
 
 TOKENS = 128
 VARIANTS = {  # name: (compression settings, quantisation)
@@ -59,7 +60,6 @@ def matmul_flops(graph_path: Path) -> int:
 
 def run() -> dict:
     model_path = resolve_model_path(MODEL)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     texts = shipped_texts("evaluation.txt")
     rows, paths = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,12 +69,12 @@ def run() -> dict:
                               progress=False)
             paths[name] = out / "model.onnx"
             if name == "fp32":
-                reference = sentence_embeddings(paths[name], tokenizer, texts)
+                reference = sentence_embeddings(ExportedFolder.open(out), texts)
             rss = bench(out, BenchSettings(threads=(1,), warmup=2, iterations=5, min_seconds=0.5),
                         progress=False)["results"][0]["models"][out.name]["peak_rss_bytes"]
             rows.append({"variant": name, "bytes": manifest["totals"]["bytes_after"], "peak_rss_mb": rss / 2**20,
                          "flops": matmul_flops(paths[name]),
-                         **quality(reference, sentence_embeddings(paths[name], tokenizer, texts))})
+                         **quality(reference, sentence_embeddings(ExportedFolder.open(out), texts))})
             print(f"{name:28} {rows[-1]['bytes'] / 2**20:6.1f} MB  cos {rows[-1]['mean_cosine']:.4f}", flush=True)
         times = {threads: latencies(paths, rounds=40, threads=threads) for threads in (1, 2)}
     base = rows[0]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from edgefold.runtime.folder import max_positions
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
 
@@ -98,9 +99,7 @@ def _comparable(task, ref, cand, batch) -> tuple[np.ndarray, np.ndarray]:
 
 def max_text_length(model: PreTrainedModel) -> int:
     """Tokens per text for the checks: 128, or fewer where the model has fewer positions."""
-    config = model.config
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 514
-    return min(128, positions - 2)  # RoBERTa's positions start after the padding index
+    return min(128, max_positions(model.config.to_dict()) or 128)
 
 
 class ValidationScorer:

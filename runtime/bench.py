@@ -59,8 +59,10 @@ def bench(folder: str | Path, settings: BenchSettings = BenchSettings(), compare
     """Measure ``folder`` (and ``compare``, alternately) over the settings' grid; returns the JSON document."""
     models = [ExportedFolder.open(folder)] + ([ExportedFolder.open(compare)] if compare else [])
     for model in models:
+        if settings.inputs == "text":
+            model.encoder()  # refuses a missing or mismatched tokenizer before any worker starts
         for length in settings.seq_lengths:
-            model.encoder().check_length(length) if settings.inputs == "text" else _check_positions(model, length)
+            model.check_length(length)
     results = []
     for threads, batch, length in settings.grid():
         row = {"threads": threads, "batch": batch, "seq_length": length, "models": {}}
@@ -87,12 +89,6 @@ def bench(folder: str | Path, settings: BenchSettings = BenchSettings(), compare
         "compare": [m.name for m in models] if compare else None,
         "results": results,
     }
-
-
-def _check_positions(model: ExportedFolder, length: int) -> None:
-    if model.max_positions and length > model.max_positions:
-        raise EdgefoldError(f"sequence length {length} is longer than the model's maximum of "
-                            f"{model.max_positions} positions")
 
 
 def _manifest_summary(model: ExportedFolder) -> dict | None:

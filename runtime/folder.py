@@ -17,6 +17,14 @@ _TASK_SUFFIXES = (("ForSequenceClassification", "text-classification"), ("ForMas
                   ("ForCausalLM", "text-generation"), ("LMHeadModel", "text-generation"))
 
 
+def max_positions(config: dict) -> int | None:
+    """How many tokens a model of this ``config.json`` takes (None: not stated)."""
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if positions and config.get("model_type") in ("roberta", "xlm-roberta"):
+        positions -= 2  # positions start after the padding index
+    return positions
+
+
 @dataclass(frozen=True)
 class ExportedFolder:
     path: Path
@@ -52,10 +60,13 @@ class ExportedFolder:
 
     @property
     def max_positions(self) -> int | None:
-        positions = self.config.get("max_position_embeddings") or self.config.get("n_positions")
-        if positions and self.config.get("model_type") in ("roberta", "xlm-roberta"):
-            positions -= 2  # positions start after the padding index
-        return positions
+        return max_positions(self.config)
+
+    def check_length(self, length: int) -> None:
+        """Refuse inputs longer than the model can take."""
+        if self.max_positions and length > self.max_positions:
+            raise EdgefoldError(f"sequence length {length} is longer than the model's maximum of "
+                                f"{self.max_positions} positions")
 
     def bytes_on_disk(self) -> dict[str, int]:
         files = [self.path / GRAPH, *(self.path / name for name in EXTERNAL_DATA)]
@@ -82,23 +93,18 @@ class TextEncoder:
         if vocab and self.tokenizer.get_vocab_size() > vocab:
             raise EdgefoldError(f"the tokenizer in {folder.path} has {self.tokenizer.get_vocab_size()} tokens but "
                                 f"the model embeds {vocab}: they do not belong together")
-        self.max_positions = folder.max_positions
+        self.folder = folder
         self.pad_id = _pad_id(folder, self.tokenizer)
 
     def encode(self, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), right-padded to the longest text, truncated to ``max_length``."""
-        self.check_length(max_length)
+        self.folder.check_length(max_length)
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.enable_padding(pad_id=self.pad_id, direction="right")
         encoded = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
         return ids, mask
-
-    def check_length(self, length: int) -> None:
-        if self.max_positions and length > self.max_positions:
-            raise EdgefoldError(f"sequence length {length} is longer than the model's maximum of "
-                                f"{self.max_positions} positions")
 
 
 def _pad_id(folder: ExportedFolder, tokenizer) -> int:

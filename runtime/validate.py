@@ -99,13 +99,14 @@ def _outputs(model: ExportedFolder, texts: list[str]) -> tuple[list[np.ndarray],
     return outputs, batches
 
 
-def _sentence_embeddings(model: ExportedFolder, texts: list[str]) -> np.ndarray:
+def sentence_embeddings(model: ExportedFolder, texts: list[str]) -> np.ndarray:
+    """Mean-pooled last hidden states of ``texts`` (128 tokens at most), from the folder's own graph."""
     outputs, batches = _outputs(model, texts)
     return np.concatenate([mean_pool(out, mask) for out, (_, mask) in zip(outputs, batches)])
 
 
 def _feature_extraction(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> dict:
-    a, b = _sentence_embeddings(ref, data.texts), _sentence_embeddings(cand, data.texts)
+    a, b = sentence_embeddings(ref, data.texts), sentence_embeddings(cand, data.texts)
     cosines = row_cosines(a, b)
     metrics = {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min())}
     if len(a) >= 3:  # neighbours and a rank correlation need a few items
@@ -113,8 +114,8 @@ def _feature_extraction(cand: ExportedFolder, ref: ExportedFolder, data: EvalDat
     if data.pairs:
         queries, positives = zip(*data.pairs)
         for side, model in (("reference", ref), ("candidate", cand)):
-            ranks = _retrieval_ranks(_sentence_embeddings(model, list(queries)),
-                                     _sentence_embeddings(model, list(positives)))
+            ranks = _retrieval_ranks(sentence_embeddings(model, list(queries)),
+                                     sentence_embeddings(model, list(positives)))
             metrics[f"recall_at_1_{side}"] = float((ranks == 0).mean())
             metrics[f"mrr_{side}"] = float((1 / (ranks + 1)).mean())
         metrics["recall_at_1_drop"] = metrics["recall_at_1_reference"] - metrics["recall_at_1_candidate"]
