@@ -28,7 +28,8 @@ class ArchitectureSpec:
 
     ``modules`` maps a pattern to the kinds it holds: one kind, or several for a fused projection
     (GPT-2's ``c_attn`` holds q, k and v in one matrix, so those three are compressed together or not at all).
-    ``transposed`` says the weights are stored (in x out), as GPT-2's Conv1D does.
+    ``transposed`` says the weights are stored (in x out), as GPT-2's Conv1D does. ``ort_model_type`` names
+    the family for onnxruntime's transformer optimizer (None: it has no fusions for this family).
     """
 
     name: str
@@ -36,6 +37,7 @@ class ArchitectureSpec:
     embeddings: str
     modules: dict[str, tuple[str, ...]]
     transposed: bool = False
+    ort_model_type: str | None = "bert"
 
     def kinds_of(self, module_name: str) -> tuple[str, ...]:
         """The kinds a module holds, or () when it is not compressible."""
@@ -82,6 +84,7 @@ ARCHITECTURES = (
             r"mlp\.c_proj$": ("ffn-out",),
         },
         transposed=True,
+        ort_model_type="gpt2",
     ),
     ArchitectureSpec(
         "llama",
@@ -95,6 +98,7 @@ ARCHITECTURES = (
             r"mlp\.(gate_proj|up_proj)$": ("ffn-in",),
             r"mlp\.down_proj$": ("ffn-out",),
         },
+        ort_model_type=None,
     ),
 )
 

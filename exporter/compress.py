@@ -16,7 +16,7 @@ from .calibration import Calibration
 from .frequency import fit_frequency_aware
 from .layers import LowRankEmbedding, TiedLowRankHead, low_rank_module
 from .methods import FREQUENCY_DEFAULT, FitContext, Method, get_method
-from .plan import plan_rank
+from .plan import RANK_MULTIPLE, plan_rank
 from .verify import ValidationScorer
 
 
@@ -26,7 +26,8 @@ class CompressionConfig:
 
     ``frequency``: weight embedding rows by calibration token counts and keep the most frequent exact (None:
     the method's default, on for ``ae``). ``calibration``: a text file, or None for the shipped corpus.
-    ``method_options``: NAME=VALUE settings of the method (see ``AutoencoderOptions``).
+    ``method_options``: NAME=VALUE settings of the method (see ``AutoencoderOptions``). ``rank_multiple``: ranks
+    are multiples of it (8 suits SIMD kernels; int4 quantisation needs its block size, 32).
     """
 
     method: str = "svd"
@@ -36,6 +37,7 @@ class CompressionConfig:
     frequency: bool | None = None
     calibration: str | None = None
     method_options: dict[str, str] = field(default_factory=dict)
+    rank_multiple: int = RANK_MULTIPLE
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -47,6 +49,8 @@ class CompressionConfig:
             raise EdgefoldError("no targets given")
         if not isinstance(self.ratio, (int, float)) or not self.ratio > 1:
             raise EdgefoldError(f"--ratio must be a number greater than 1 (got {self.ratio!r})")
+        if not isinstance(self.rank_multiple, int) or self.rank_multiple < 1:
+            raise EdgefoldError(f"rank_multiple must be a positive integer (got {self.rank_multiple!r})")
         self.build_method()  # refuses an unknown method or option now, before any work
 
     def build_method(self) -> Method | None:
@@ -134,16 +138,17 @@ class _Fitting:
         ratio = self.config.ratio
         record = ModuleRecord(name, kinds, (rows, cols), None, rows * cols, rows * cols, "dense")
         record.fit["budget_params"] = int(rows * cols / ratio)
-        svd_rank = plan_rank(rows, cols, ratio)
+        multiple = self.config.rank_multiple
+        svd_rank = plan_rank(rows, cols, ratio, multiple=multiple)
         record.fit["svd_params_at_same_ratio"] = svd_rank * (rows + cols) if svd_rank else None
         context = FitContext(seed=self.config.seed, progress=self.progress, kind=kinds[0],
                              score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None)
         torch.manual_seed(self.config.seed)
         if kinds == (EMBEDDINGS,) and self.config.uses_frequency:
             counts = self.calibration.token_counts(self.tokenizer, rows)
-            factors = fit_frequency_aware(weight, ratio, self.method, counts, context)
+            factors = fit_frequency_aware(weight, ratio, self.method, counts, context, multiple)
         else:
-            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols, kinds[0]))
+            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols, kinds[0]), multiple)
             factors = None if rank is None else self.method.fit(weight, rank, context)
         if factors is None:
             record.note = f"a factorisation would save nothing at ratio {ratio:g}"

@@ -14,7 +14,7 @@ import torch
 from .calibration import row_weights
 from .methods import FitContext, LowRankFactors, Method
 from .methods.svd import TruncatedSVD
-from .plan import plan_rank
+from .plan import RANK_MULTIPLE, plan_rank
 
 #: Shares of the module's budget tried for exact rows.
 EXACT_SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -26,7 +26,7 @@ def exact_row_cost(rows: int, cols: int, count: int) -> int:
 
 
 def fit_frequency_aware(weight: torch.Tensor, ratio: float, method: Method, counts: torch.Tensor,
-                        context: FitContext) -> LowRankFactors | None:
+                        context: FitContext, rank_multiple: int = RANK_MULTIPLE) -> LowRankFactors | None:
     """Fit ``weight`` (V x d) within 1/ratio of its parameters; None if no split saves anything."""
     rows, cols = weight.shape
     order = torch.argsort(counts, descending=True, stable=True)
@@ -36,7 +36,7 @@ def fit_frequency_aware(weight: torch.Tensor, ratio: float, method: Method, coun
     for share in EXACT_SHARES:
         count = min(int(share * rows * cols / ratio) // cols, seen)
         extra = exact_row_cost(rows, cols, count) + method.extra_params(rows, cols, "embeddings")
-        rank = plan_rank(rows, cols, ratio, extra)
+        rank = plan_rank(rows, cols, ratio, extra, rank_multiple)
         if rank is None:
             continue
         exact = order[:count]

@@ -29,8 +29,7 @@ def package_versions() -> dict[str, str | None]:
 
 def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
                    model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
-                   shared_weights: int, calibration: dict | None, quantization: dict | None,
-                   seconds: dict[str, float]) -> dict:
+                   shared_weights: int, calibration: dict | None, graph: dict, seconds: dict[str, float]) -> dict:
     factorised = [r for r in records if r.status == "factorised"]
     return {
         "schema": SCHEMA,
@@ -50,6 +49,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
         "ratio": config.ratio,
         "seed": config.seed,
+        "rank_multiple": config.rank_multiple,
         "frequency_aware": config.uses_frequency,
         "method_options": config.method_options,
         "calibration": calibration,
@@ -68,8 +68,11 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "files": {f.name: f.stat().st_size for f in files},
         "parity": parity,
         "fidelity": fidelity,
-        # After the fold and its parity check: what was quantised, and how far it moved the outputs.
-        "quantization": quantization,
+        # After the fold and its parity check: which fusions were kept (measured), what was quantised and how far
+        # it moved the outputs, and the mobile format.
+        "optimization": graph.get("optimization"),
+        "quantization": graph.get("quantization"),
+        "ort_format": graph.get("ort_format"),
         "seconds": seconds,
         "versions": package_versions(),
     }
@@ -98,11 +101,22 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
         f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
     ]
+    optimization = manifest.get("optimization")
+    if optimization and optimization["mode"] != "none":
+        kept = optimization["chosen"]
+        fused = optimization["candidates"][kept]["fused_ops"]
+        lines.append(f"  graph optimisation ({optimization['mode']}): kept {kept}, fused kernels "
+                     f"{', '.join(f'{op} x{n}' for op, n in fused.items()) or 'none'}")
     quantization = manifest.get("quantization")
     if quantization:
         lines.append(f"  quantised {quantization['scheme']} ({quantization['weights']}): mean cosine "
                      f"{quantization['fidelity_vs_fp32']['mean_cosine']:.4f} to the fp32 graph, "
                      f"{quantization['fidelity_vs_original']['mean_cosine']:.4f} to the original")
+    ort_format = manifest.get("ort_format")
+    if ort_format:
+        lines.append(f"  mobile format: {ort_format['file']} ({ort_format['bytes']:,} bytes) and "
+                     f"{ort_format['operators_config']}; max abs diff to the .onnx graph "
+                     f"{ort_format['max_abs_diff_vs_onnx']:.2e}")
     return "\n".join(lines)
 
 

@@ -15,34 +15,36 @@ from edgefold.runtime.texts import shipped_texts
 
 from . import passes
 from .calibration import Calibration
+from .architectures import spec_for
 from .compress import CompressionConfig, compress_
+from .graph import GraphConfig, GraphInputs, convert_to_ort, quantize_graph
 from .layers import LowRankEmbedding
 from .loading import inspect_model, load_model, load_tokenizer
 from .manifest import build_manifest, write_manifest
 from .onnx_export import export_onnx
+from .optimize import optimize
 from .output import check_output_dir, staged_output
-from .quantize import check_scheme, quantize
 from .verify import fidelity, max_abs_difference, max_text_length, onnx_outputs, tokenize, torch_outputs
 
 #: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
 DEFAULT_PARITY_ATOL = 1e-3
 
 
-def export(model: str, output_dir: str | Path, config: CompressionConfig | None = None, *, task: str = "auto",
-           overwrite: bool = False, trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL,
-           quantize_scheme: str = "none", per_channel: bool = False, progress: bool = True) -> dict:
+def export(model: str | Path, output_dir: str | Path, config: CompressionConfig | None = None,
+           graph: GraphConfig | None = None, *, task: str = "auto", overwrite: bool = False,
+           trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
-    ``quantize_scheme`` (int8 or int4) quantises the folded graph after its parity check against torch; the
-    quantised graph is then compared with the fp32 one and with the original. Returns the manifest, also written
-    as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a failed check, in which case nothing is
-    written and an existing ``output_dir`` is left as it was.
+    ``graph`` says what happens to the folded graph after its parity check against torch (see
+    :class:`GraphConfig`): fusions kept where they are measured faster, quantisation, the mobile format. Returns
+    the manifest, also written as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a failed
+    check, in which case nothing is written and an existing ``output_dir`` is left as it was.
     """
-    config = config or CompressionConfig()
+    graph = graph or GraphConfig()
+    config = graph.adapt(config or CompressionConfig())
     output_dir = Path(output_dir)
-    check_scheme(quantize_scheme)
-    step = _Steps(progress, total=5 if quantize_scheme == "none" else 6)
-    source = inspect_model(model, task, trust_remote_code)
+    step = _Steps(progress, total=5 + len(graph.steps))
+    source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
     calibration = Calibration.load(config.calibration) if config.needs_calibration else None
 
@@ -67,18 +69,26 @@ def export(model: str, output_dir: str | Path, config: CompressionConfig | None 
         fp32_outputs = onnx_outputs(onnx_path, batches)
         parity = _check_parity(fp32_outputs, compressed, batches, parity_atol)
 
-        quantization = None
-        if quantize_scheme != "none":
-            step("quantize", f"quantising to {quantize_scheme}")
-            quantization = _quantize_graph(onnx_path, quantize_scheme, per_channel, source.task, batches,
-                                           fp32_outputs, reference)
+        inputs = GraphInputs(batches, fp32_outputs, reference, source.task, parity_atol)
+        done: dict[str, dict] = {}
+        if graph.optimize != "none":
+            step("optimize", f"optimising the graph ({graph.optimize}: fusions kept where measured faster)")
+            done["optimization"] = optimize(onnx_path, graph.optimize, network.config,
+                                            spec_for(source.config.model_type).ort_model_type, inputs)
+        if graph.quantize != "none":
+            step("quantize", f"quantising to {graph.quantize}")
+            done["quantization"] = quantize_graph(onnx_path, graph, inputs)
+        if done:  # rewritten graphs are saved whole
             files = [onnx_path]
+        if "ort" in graph.formats:
+            step("ort", "writing the onnxruntime mobile format (.ort) and its operator list")
+            done["ort_format"] = convert_to_ort(onnx_path, inputs)
 
         step("manifest", "writing the manifest")
         manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
                                   files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
-                                  calibration=calibration.as_dict() if calibration else None,
-                                  quantization=quantization, seconds=step.timings())
+                                  calibration=calibration.as_dict() if calibration else None, graph=done,
+                                  seconds=step.timings())
         write_manifest(staging, manifest)
     return manifest
 
@@ -100,20 +110,6 @@ def _check_parity(onnx_out: list, torch_out: list, batches: list, atol: float) -
                             f"{difference:.3g} (tolerance {atol:g}); nothing was written")
     return {"max_abs_diff": difference, "atol": atol, "texts": sum(len(b.input_ids) for b in batches),
             "runtime": "onnxruntime CPUExecutionProvider"}
-
-
-def _quantize_graph(onnx_path: Path, scheme: str, per_channel: bool, task: str, batches: list,
-                    fp32_outputs: list, reference: list) -> dict:
-    """Quantise the checked fp32 graph in place; report how far it moved from the fp32 graph and the original."""
-    unquantized = onnx_path.with_name(".fp32.onnx")
-    onnx_path.rename(unquantized)
-    quantization = quantize(unquantized, onnx_path, scheme, per_channel)
-    unquantized.unlink()
-    quantized = onnx_outputs(onnx_path, batches)
-    quantization.update(max_abs_diff_vs_fp32=max_abs_difference(quantized, fp32_outputs, batches),
-                        fidelity_vs_fp32=fidelity(task, fp32_outputs, quantized, batches),
-                        fidelity_vs_original=fidelity(task, reference, quantized, batches))
-    return quantization
 
 
 class _Steps:

@@ -17,11 +17,19 @@ from edgefold.runtime import EdgefoldError
 
 SCHEMES = ("none", "int8", "int4")
 INT4_BLOCK_SIZE = 32
+#: int8 weight type per target CPU, as onnxruntime (and optimum's presets) advise: signed weights with unsigned
+#: activations (U8S8) where the CPU has 8-bit dot products (arm64, AVX512-VNNI); unsigned weights (U8U8) on AVX2
+#: without VNNI, whose U8S8 kernel can saturate.
+INT8_TARGETS = {"generic": "QInt8", "arm64": "QInt8", "avx512-vnni": "QInt8", "avx2": "QUInt8"}
+#: What int8 quantises: the MatMuls (the factors), Gather (the embedding table), and fused Attention.
+INT8_OPS = ["MatMul", "Gather", "Attention"]
 
 
-def check_scheme(scheme: str) -> str:
+def check_scheme(scheme: str, target: str = "generic") -> str:
     if scheme not in SCHEMES:
         raise EdgefoldError(f"unknown --quantize {scheme!r}; choose from: {', '.join(SCHEMES)}")
+    if target not in INT8_TARGETS:
+        raise EdgefoldError(f"unknown --target {target!r}; choose from: {', '.join(INT8_TARGETS)}")
     return scheme
 
 
@@ -37,33 +45,37 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize(source: Path, target: Path, scheme: str, per_channel: bool = False) -> dict:
-    """Write ``source`` quantised with ``scheme`` to ``target``; returns what was done, for the manifest."""
+def quantize(source: Path, output: Path, scheme: str, per_channel: bool = False, target: str = "generic") -> dict:
+    """Write ``source`` quantised with ``scheme`` for the ``target`` CPU to ``output``; returns what was done."""
     with _quiet_root_logger():
-        details = _quantize(source, target, scheme, per_channel)
-    ops = Counter(node.op_type for node in onnx.load(str(target), load_external_data=False).graph.node)
-    quantized_ops = {op: n for op, n in ops.items()
-                     if op in ("MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "DequantizeLinear")}
+        details = _quantize(source, output, scheme, per_channel, target)
+    ops = Counter(node.op_type for node in onnx.load(str(output), load_external_data=False).graph.node)
+    quantized_ops = {op: n for op, n in ops.items() if op in ("MatMulInteger", "DynamicQuantizeLinear",
+                                                              "MatMulNBits", "DequantizeLinear", "QAttention")}
     if not quantized_ops:
         raise EdgefoldError(f"--quantize {scheme} found nothing to quantise in this graph")
     return {"scheme": scheme, **details, "quantized_ops": quantized_ops}
 
 
-def _quantize(source: Path, target: Path, scheme: str, per_channel: bool) -> dict:
+def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target: str) -> dict:
     if scheme == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        # Dynamic: weights int8 ahead of time, activations quantised per call. Gather: the embedding table.
-        quantize_dynamic(source, target, op_types_to_quantize=["MatMul", "Gather"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8)
-        return {"weights": "int8 symmetric", "activations": "uint8, dynamic", "per_channel": per_channel}
+        # Dynamic: weights 8-bit ahead of time, activations quantised (uint8) per call.
+        weight_type = INT8_TARGETS[target]
+        quantize_dynamic(source, output, op_types_to_quantize=INT8_OPS, per_channel=per_channel,
+                         weight_type=getattr(QuantType, weight_type), reduce_range=False,
+                         # Shape inference stops at fused contrib ops (Attention, SkipLayerNormalization).
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        weights = "int8 symmetric" if weight_type == "QInt8" else "uint8 asymmetric"
+        return {"weights": weights, "activations": "uint8, dynamic", "per_channel": per_channel, "target": target}
     elif scheme == "int4":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         quantizer = MatMulNBitsQuantizer(str(source), bits=4, block_size=INT4_BLOCK_SIZE, is_symmetric=True,
                                          op_types_to_quantize=("MatMul",))
         quantizer.process()
-        quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+        quantizer.model.save_model_to_file(str(output), use_external_data_format=False)
         return {"weights": f"int4 symmetric, blocks of {INT4_BLOCK_SIZE}", "activations": "fp32",
                 "per_channel": False}
     raise EdgefoldError(f"nothing to do for --quantize {scheme}")

@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
                              "MatMulNBits (default: none)")
     export.add_argument("--per-channel", action="store_true", help="int8 weights with one scale per channel")
+    export.add_argument("--target", default="generic",
+                        help="CPU the int8 weights are typed for: generic, arm64, avx512-vnni (signed weights, "
+                             "unsigned activations) or avx2 (unsigned weights: no VNNI saturation)")
+    export.add_argument("--optimize", default="auto",
+                        help="graph fusions: auto (try onnxruntime's and onnxscript's, keep the fastest, "
+                             "measured), onnxruntime, onnxscript or none (default: auto)")
+    export.add_argument("--format", dest="formats", default="onnx",
+                        help="onnx, or onnx,ort to also write onnxruntime's mobile format (.ort) and the "
+                             "operator list for a reduced-size build")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--parity-atol", type=float, default=None,
                         help="largest ONNX-vs-torch difference accepted (default 1e-3)")
@@ -141,10 +150,11 @@ def _run_export(args: argparse.Namespace) -> int:
     config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed,
                                         frequency=args.frequency, calibration=args.calibration,
                                         method_options=dict(args.method_option))
+    graph = exporter.GraphConfig(optimize=args.optimize, quantize=args.quantize, per_channel=args.per_channel,
+                                 target=args.target, formats=tuple(f.strip() for f in args.formats.split(",")))
     atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol
-    manifest = exporter.export(args.model, args.output_dir, config, task=args.task, overwrite=args.overwrite,
-                               trust_remote_code=args.trust_remote_code, parity_atol=atol,
-                               quantize_scheme=args.quantize, per_channel=args.per_channel, progress=not args.quiet)
+    manifest = exporter.export(args.model, args.output_dir, config, graph, task=args.task, overwrite=args.overwrite,
+                               trust_remote_code=args.trust_remote_code, parity_atol=atol, progress=not args.quiet)
     print(format_summary(manifest, args.output_dir))
     return 0
 

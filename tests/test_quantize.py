@@ -7,7 +7,7 @@ import pytest
 import transformers
 from conftest import MINILM
 
-from edgefold.exporter import CompressionConfig, export
+from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.onnx_export import ort_model_class
 from edgefold.runtime.cli import main
 
@@ -18,8 +18,8 @@ def _ops(folder):
 
 def test_int8_on_the_real_minilm(tmp_path):
     fp32 = export(str(MINILM), tmp_path / "fp32", CompressionConfig(method="none"), progress=False)
-    int8 = export(str(MINILM), tmp_path / "int8", CompressionConfig(method="none"), quantize_scheme="int8",
-                  per_channel=True, progress=False)
+    int8 = export(str(MINILM), tmp_path / "int8", CompressionConfig(method="none"),
+                  GraphConfig(optimize="none", quantize="int8", per_channel=True), progress=False)
     assert int8["totals"]["bytes_after"] < 0.3 * fp32["totals"]["bytes_after"]
     q = int8["quantization"]
     assert q["scheme"] == "int8" and q["per_channel"] and q["quantized_ops"]["MatMulInteger"] >= 36
@@ -35,9 +35,15 @@ def test_int8_on_the_real_minilm(tmp_path):
 
 def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
     folder = tmp_path / "gpt2-int4"
-    manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=2),
-                      quantize_scheme="int4", progress=False)
+    manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=2.5),
+                      GraphConfig(quantize="int4"), progress=False)
     assert manifest["quantization"]["quantized_ops"]["MatMulNBits"] > 0 and _ops(folder)["MatMulNBits"] > 0
+    # every factor's inner dimension (its rank) is a whole number of int4 blocks, so every factor is quantised
+    ranks = [m["rank"] for m in manifest["modules"] if m["status"] == "factorised"]
+    assert manifest["rank_multiple"] == 32 and ranks and all(r % 32 == 0 for r in ranks)
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    weights = {i.name for i in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights], "a weight left fp32"
     assert manifest["quantization"]["fidelity_vs_fp32"]["mean_cosine"] > 0.9
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = ort_model_class("text-generation").from_pretrained(folder)
