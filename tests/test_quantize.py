@@ -38,6 +38,7 @@ def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
     manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=2.5),
                       GraphConfig(quantize="int4"), progress=False)
     assert manifest["quantization"]["quantized_ops"]["MatMulNBits"] > 0 and _ops(folder)["MatMulNBits"] > 0
+    assert _ops(folder)["GatherBlockQuantized"] >= 1  # the token table (and positions) in int4 too
     # every factor's inner dimension (its rank) is a whole number of int4 blocks, so every factor is quantised
     ranks = [m["rank"] for m in manifest["modules"] if m["status"] == "factorised"]
     assert manifest["rank_multiple"] == 32 and ranks and all(r % 32 == 0 for r in ranks)
