@@ -44,19 +44,21 @@ def fused_ops(graph: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in graph.graph.node if n.op_type in FUSED_OPS).items()))
 
 
-def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inputs) -> dict:
+def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inputs,
+             keep_embedding_gather: bool = False) -> dict:
     """Replace ``onnx_path`` by its best optimised form (``mode`` auto) or by the one asked for.
 
     ``config``: the transformers config (heads, hidden size); ``inputs``: the verification batches and the
-    unoptimised graph's outputs on them; a candidate farther than the parity tolerance is rejected. Returns what
-    was tried, measured and chosen, for the manifest.
+    unoptimised graph's outputs on them; a candidate farther than the parity tolerance is rejected.
+    ``keep_embedding_gather``: no EmbedLayerNormalization fusion, whose table the quantisers leave in fp32.
+    Returns what was tried, measured and chosen, for the manifest.
     """
     batches = inputs.batches
     if mode == "none":
         return {"mode": "none", "chosen": "none"}
     candidates = {"none": onnx_path}
     report: dict[str, dict] = {"none": {"fused_ops": fused_ops(onnx.load(str(onnx_path), load_external_data=False))}}
-    for name, run in _optimisers(config, ort_model_type).items():
+    for name, run in _optimisers(config, ort_model_type, keep_embedding_gather).items():
         if mode not in ("auto", name):
             continue
         target = onnx_path.with_name(f".{name}.onnx")
@@ -77,19 +79,23 @@ def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inp
             "timing": f"median of {TIMING_ROUNDS} alternating runs, 1 thread, batch 1 x {TIMING_TOKENS} tokens"}
 
 
-def _optimisers(config, ort_model_type: str | None) -> dict[str, Callable[[Path, Path], None]]:
+def _optimisers(config, ort_model_type: str | None, keep_gather: bool) -> dict[str, Callable[[Path, Path], None]]:
     found = {"onnxscript": _onnxscript}
     if ort_model_type:
-        found["onnxruntime"] = lambda source, target: _onnxruntime(source, target, ort_model_type, config)
+        found["onnxruntime"] = lambda source, target: _onnxruntime(source, target, ort_model_type, config,
+                                                                   keep_gather)
     return found
 
 
-def _onnxruntime(source: Path, target: Path, model_type: str, config) -> None:
+def _onnxruntime(source: Path, target: Path, model_type: str, config, keep_gather: bool) -> None:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions(model_type)
+    options.enable_embed_layer_norm = not keep_gather
     # opt_level 0: only the transformer fusions; the session applies onnxruntime's own passes at load anyway.
     optimized = optimize_model(str(source), model_type=model_type, num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, opt_level=0)
+                               hidden_size=config.hidden_size, optimization_options=options, opt_level=0)
     optimized.save_model_to_file(str(target))
 
 

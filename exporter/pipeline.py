@@ -74,7 +74,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
         if graph.optimize != "none":
             step("optimize", f"optimising the graph ({graph.optimize}: fusions kept where measured faster)")
             done["optimization"] = optimize(onnx_path, graph.optimize, network.config,
-                                            spec_for(source.config.model_type).ort_model_type, inputs)
+                                            spec_for(source.config.model_type).ort_model_type, inputs,
+                                            keep_embedding_gather=graph.quantize != "none")
         if graph.quantize != "none":
             step("quantize", f"quantising to {graph.quantize}")
             done["quantization"] = quantize_graph(onnx_path, graph, inputs)
