@@ -71,12 +71,13 @@ def test_forced_fusion_int8_arm64_and_ort_format_on_the_real_minilm(tmp_path):
     assert model(**inputs).last_hidden_state.shape[-1] == 384
 
 
-def test_onnxscript_fusions_on_a_factorised_causal_lm_with_ort_format(tiny_model, tmp_path):
+def test_onnxscript_fusions_int8_and_ort_format_on_a_factorised_causal_lm(tiny_model, tmp_path):
     folder = tmp_path / "gpt2"
     manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(ratio=2),
-                      GraphConfig(optimize="onnxscript", formats=("onnx", "ort")), progress=False)
+                      GraphConfig(optimize="onnxscript", quantize="int8", formats=("onnx", "ort")), progress=False)
     assert manifest["optimization"]["chosen"] == "onnxscript"
     assert manifest["optimization"]["candidates"]["onnxscript"]["max_abs_diff"] <= 1e-3
+    assert manifest["quantization"]["fidelity_vs_fp32"]["mean_cosine"] > 0.9
     assert manifest["ort_format"]["max_abs_diff_vs_onnx"] <= 1e-4
     session = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"])
     assert {i.name for i in session.get_inputs()} >= {"input_ids", "attention_mask"}
