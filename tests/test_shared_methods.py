@@ -53,6 +53,15 @@ def test_svd_shared_keeps_one_basis_within_the_group_budget():
     assert error == pytest.approx(best.item(), rel=1e-4)
 
 
+def test_svd_shared_in_groups_of_consecutive_layers():
+    weights = _group(layers=6)
+    fitted = get_method("svd-shared", {"layers": "2"}).fit_group(weights, 2.0, FitContext(kind="q"))
+    bases = [f.right for f in fitted.forms]
+    assert [len({id(b) for b in bases[i:i + 2]}) for i in range(0, 6, 2)] == [1, 1, 1]
+    assert len({id(b) for b in bases}) == 3
+    assert sum(fitted.params) <= sum(w.numel() for w in weights) / 2.0
+
+
 def test_shared_and_separated_autoencoders_fit_the_same_budget():
     weights, ratio = _group(layers=6, rows=96, cols=32), 2.0
     budget = sum(w.numel() for w in weights) / ratio
@@ -88,7 +97,7 @@ def test_autoencoders_refuse_embeddings_and_bad_options(tiny_model, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(EdgefoldError, match="unknown option 'rank' of method ae-separated"):
         CompressionConfig(method="ae-separated", method_options={"rank": "3"})
-    with pytest.raises(EdgefoldError, match="takes no options"):
+    with pytest.raises(EdgefoldError, match="unknown option 'epochs' of method svd-shared"):
         CompressionConfig(method="svd-shared", method_options={"epochs": "3"})
 
 

@@ -8,7 +8,7 @@ from .ae_shared import CrossLayerAutoencoder, CrossLayerOptions, SeparatedAutoen
 from .autoencoder import AutoencoderOptions, DirectionAwareAutoencoder
 from .base import DecodedRows, FitContext, GroupFit, GroupMethod, LowRankFactors, Method, RowDecoder
 from .svd import TruncatedSVD
-from .svd_shared import SharedBasisSVD
+from .svd_shared import SharedBasisOptions, SharedBasisSVD
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     TruncatedSVD, DirectionAwareAutoencoder, SharedBasisSVD, CrossLayerAutoencoder, SeparatedAutoencoder)}
@@ -29,6 +29,8 @@ def get_method(name: str, options: dict[str, str] | None = None) -> Method | Non
         return DirectionAwareAutoencoder(AutoencoderOptions.parse(options or {}))
     if issubclass(METHODS[name], CrossLayerAutoencoder):
         return METHODS[name](CrossLayerOptions.parse(options or {}, name))
+    if name == SharedBasisSVD.name:
+        return SharedBasisSVD(SharedBasisOptions.parse(options or {}, name))
     if options:
         raise EdgefoldError(f"method {name} takes no options (got {', '.join(options)})")
     return METHODS[name]()

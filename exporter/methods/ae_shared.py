@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from edgefold.runtime import EdgefoldError
 
-from .autoencoder import _convert
-from .base import DecodedRows, FitContext, GroupFit, GroupMethod, RowDecoder, shared_charges
+from .base import DecodedRows, FitContext, GroupFit, GroupMethod, RowDecoder, parse_options, shared_charges
 
 #: Decoder widths as multiples of the latent size x (the first is x itself, the output is m).
 _DECODER_WIDTHS = (1, 2, 4)
@@ -52,13 +51,7 @@ class CrossLayerOptions:
     @classmethod
     def parse(cls, options: dict[str, str], method: str) -> CrossLayerOptions:
         """From NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for name, text in options.items():
-            if name not in known:
-                raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
-            values[name] = _convert(name, text, type(getattr(cls, name)))
-        parsed = cls(**values)
+        parsed = parse_options(cls, options, method)
         if parsed.epochs < 0 or parsed.batch_size < 1 or parsed.lr_step_epochs < 1 or not parsed.lr > 0:
             raise EdgefoldError("epochs must be >= 0, batch_size and lr_step_epochs >= 1, lr > 0")
         return parsed

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from edgefold.runtime import EdgefoldError
 from torch.nn import functional as F
 
 
@@ -146,6 +148,19 @@ class GroupFit:
 
     forms: list[LowRankFactors | DecodedRows]
     params: list[int]
+
+
+def parse_options(cls: type, options: dict[str, str], method: str):
+    """A dataclass of settings from NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
+    from .autoencoder import _convert  # one converter for every method's options
+
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for name, text in options.items():
+        if name not in known:
+            raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
+        values[name] = _convert(name, text, type(getattr(cls, name)))
+    return cls(**values)
 
 
 def shared_charges(own: list[int], shared: int) -> list[int]:
