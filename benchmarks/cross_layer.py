@@ -4,7 +4,8 @@ Variants (every encoder Linear: attention and FFN of all 6 layers, at R = 1.333 
 - ``svd``: truncated SVD per matrix (factorised);
 - ``svd-shared``: one right basis per kind shared by all layers (Basis Sharing, plain; factorised);
 - ``ae-shared``: the cross-layer autoencoder, one decoder per kind (STORAGE: decoded when the session starts);
-- ``ae-separated``: the same autoencoder, one per matrix (storage).
+- ``ae-separated``: the same autoencoder, one per matrix (storage);
+- ``svd-shared:layers=2``: one basis per pair of consecutive layers (Basis Sharing's small groups).
 Quality: mean-pooled sentence embeddings of each exported ONNX graph against the original's on the shipped
 evaluation text (runtime/data/evaluation.txt), never used to fit. Bytes: the model.onnx file. Peak RSS and
 session-creation time: ``edgefold bench`` (a fresh worker process per folder, 1 thread, batch 1 x 128 tokens).
@@ -35,7 +36,7 @@ from edgefold.runtime.validate import sentence_embeddings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-METHODS = ("svd", "svd-shared", "ae-shared", "ae-separated")
+METHODS = ("svd", "svd-shared", "ae-shared", "ae-separated", "svd-shared:layers=2")  # name[:NAME=VALUE,...]
 RATIOS = (1.333, 2.0)
 BENCH = BenchSettings(threads=(1,), warmup=3, iterations=10, min_seconds=2.0)
 
@@ -49,7 +50,13 @@ def measure(folder: Path, reference, texts: list[str]) -> dict:
             "session_create_s": model["session_create_s"], "latency_p50_ms": model["latency_ms"]["p50"]}
 
 
-def run(methods: tuple[str, ...], ratios: tuple[float, ...]) -> dict:
+def _config(variant: str, ratio: float) -> CompressionConfig:
+    method, _, options = variant.partition(":")
+    return CompressionConfig(method=method, targets="attention,ffn", ratio=ratio,
+                             method_options=dict(o.split("=", 1) for o in options.split(",") if o))
+
+
+def run(methods: tuple[str, ...], ratios: tuple[float, ...], append: bool) -> dict:
     model_path = resolve_model_path(MODEL)
     texts = shipped_texts("evaluation.txt")
     rows = []
@@ -59,13 +66,15 @@ def run(methods: tuple[str, ...], ratios: tuple[float, ...]) -> dict:
         export_onnx(transformers.AutoModel.from_pretrained(model_path).eval(), "feature-extraction", original,
                     transformers.AutoTokenizer.from_pretrained(model_path))
         reference = sentence_embeddings(ExportedFolder.open(original), texts)
-        rows.append({"ratio": 1, "method": "original fp32", "compression": "none", "fit_s": 0.0,
-                     **measure(original, reference, texts)})
+        if append:  # more variants for an earlier run's table, its original row kept
+            rows = json.loads((RESULTS / "cross_layer.json").read_text())["rows"]
+        else:
+            rows.append({"ratio": 1, "method": "original fp32", "compression": "none", "fit_s": 0.0,
+                         **measure(original, reference, texts)})
         for ratio in ratios:
             for method in methods:
-                out = Path(tmp) / f"{method}-{ratio}"
-                manifest = export(str(model_path), out, CompressionConfig(method=method, targets="attention,ffn",
-                                                                          ratio=ratio), progress=False)
+                out = Path(tmp) / f"{len(rows)}"
+                manifest = export(str(model_path), out, _config(method, ratio), progress=False)
                 rows.append({"ratio": ratio, "method": method, "compression": manifest["compression"],
                              "fit_s": manifest["seconds"]["compress"],
                              "params_after": manifest["totals"]["targeted_params_after"],
@@ -104,10 +113,11 @@ def write_table(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=";".join(METHODS), help="variants separated by ;")
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    parser.add_argument("--append", action="store_true", help="add the rows to results/cross_layer.json")
     args = parser.parse_args()
-    result = run(tuple(args.methods.split(",")), tuple(float(r) for r in args.ratios.split(",")))
+    result = run(tuple(args.methods.split(";")), tuple(float(r) for r in args.ratios.split(",")), args.append)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cross_layer.json").write_text(json.dumps(result, indent=2) + "\n")
     write_table(result, RESULTS / "cross_layer.md")
