@@ -95,7 +95,9 @@ def write_table(result: dict, path: Path) -> None:
         "the file holds latent codes + decoder + norms, decoded by onnxruntime into the dense weights when the "
         "session is created: fewer bytes on disk only, dense weights in memory, the original FLOPs. Peak RSS and "
         "session creation from `edgefold bench` (fresh process, 1 thread, batch 1 x 128 tokens). Fit times with "
-        f"torch threads = {result['torch_threads'] or 'default'} on a shared, loaded 2-core machine (noisy).",
+        f"torch threads = {result['torch_threads'] or 'default'} on a shared, loaded 2-core machine (noisy). "
+        "Latency: each folder alone in its own process while other jobs ran: too noisy to compare rows (the "
+        "storage rows run the same dense graph as the original once the session has folded the decoders).",
         "",
         "| R | method | compression | targeted params kept | file MB | file vs fp32 | mean cos | min cos "
         "| fit s | session create s | peak RSS MB | RSS vs fp32 | latency p50 ms |",
