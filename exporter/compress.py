@@ -15,7 +15,7 @@ from .architectures import ALL_KINDS, EMBEDDINGS, ArchitectureSpec, parse_target
 from .calibration import Calibration
 from .frequency import fit_frequency_aware
 from .layers import LowRankEmbedding, TiedLowRankHead, low_rank_module
-from .methods import FREQUENCY_DEFAULT, FitContext, Method, get_method
+from .methods import FREQUENCY_DEFAULT, FitContext, GroupMethod, Method, get_method
 from .plan import RANK_MULTIPLE, plan_rank
 from .verify import ValidationScorer
 
@@ -80,7 +80,7 @@ class ModuleRecord:
     rank: int | None
     params_before: int
     params_after: int
-    status: str  # "factorised", or "dense" with the reason in note
+    status: str  # "factorised", "storage" (decoded at load: bytes only), or "dense" with the reason in note
     note: str = ""
     fit: dict = field(default_factory=dict)
 
@@ -110,6 +110,8 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     for _, module, kinds in selected:
         method.check_module(kinds[0], tied=output_embeddings is not None
                             and getattr(output_embeddings, "weight", None) is getattr(module, "weight", False))
+    if isinstance(method, GroupMethod):
+        return _compress_groups(model, spec, config, method, selected, output_embeddings, progress)
     fitting = _Fitting(model, config, method, tokenizer, calibration, progress)
     records = []
     for name, module, kinds in tqdm(selected, desc=f"{method.name} fit", unit="module", disable=not progress):
@@ -160,6 +162,40 @@ class _Fitting:
         record.rank, record.params_after, record.status = replacement.rank, factors.num_params, "factorised"
         record.fit.update(context.details)
         return record
+
+
+def _compress_groups(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: GroupMethod,
+                     selected: list, output_embeddings, progress: bool) -> list[ModuleRecord]:
+    """The grouped branch: modules of one kind (and shape) in all layers are fitted together, the group keeping
+    at most 1/R of its parameters with everything stored counted (shared tensors once)."""
+    if config.frequency:
+        raise EdgefoldError(f"method {method.name} fits groups of Linear weights and uses no token counts")
+    groups: dict[tuple, list] = {}
+    for name, module, kinds in selected:
+        weight = _dense_weight(module, spec, kinds)
+        groups.setdefault((kinds, tuple(weight.shape)), []).append((name, module, weight))
+    records = {}
+    for (kinds, (rows, cols)), members in tqdm(groups.items(), desc=f"{method.name} fit", unit="group",
+                                               disable=not progress):
+        context = FitContext(seed=config.seed, progress=progress, kind=kinds[0])
+        fitted = method.fit_group([weight for _, _, weight in members], config.ratio, context)
+        group = {"group": "+".join(kinds), "group_members": len(members), "group_params_before":
+                 len(members) * rows * cols, "group_params_after": sum(fitted.params) if fitted else None}
+        for i, (name, module, _) in enumerate(members):
+            record = ModuleRecord(name, kinds, (rows, cols), None, rows * cols, rows * cols, "dense",
+                                  fit={"budget_params": int(rows * cols / config.ratio), **group})
+            records[name] = record
+            if fitted is None:
+                record.note = f"a {method.name} fit would save nothing at ratio {config.ratio:g}"
+                continue
+            replacement = low_rank_module(kinds[0], fitted.forms[i], module)
+            model.set_submodule(name, replacement)
+            record.status, record.params_after = method.compression, fitted.params[i]
+            record.rank = getattr(replacement, "rank", None)  # a factorised module's; decoded rows have none
+            record.fit.update(context.details)
+            if kinds == (EMBEDDINGS,):
+                _retie_head(model, module, replacement, output_embeddings)
+    return [records[name] for name, _, _ in selected]
 
 
 def _select(model: nn.Module, spec: ArchitectureSpec, targets: frozenset[str]) -> list[tuple[str, nn.Module, tuple]]:

@@ -6,11 +6,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .methods import LowRankFactors
+from .methods import DecodedRows, LowRankFactors
 
 
 def _optional(tensor: torch.Tensor | None) -> nn.Parameter | None:
     return None if tensor is None else nn.Parameter(tensor.detach().clone())
+
+
+def _parameter(tensor: torch.Tensor) -> nn.Parameter:
+    """A Parameter of ``tensor``; one that already is a Parameter is shared (a group's basis), not copied."""
+    return tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor)
 
 
 class LowRankLinear(nn.Module):
@@ -23,7 +28,7 @@ class LowRankLinear(nn.Module):
         super().__init__()
         factors = factors.folded()
         self.up = nn.Parameter(factors.left)  # out x r
-        self.down = nn.Parameter(factors.right)  # r x in
+        self.down = _parameter(factors.right)  # r x in, possibly shared by the layers of a group
         self.bias = _optional(bias)
 
     @property
@@ -103,8 +108,33 @@ class TiedLowRankHead(nn.Module):
         return logits if self.bias is None else logits + self.bias
 
 
-def low_rank_module(kind: str, factors: LowRankFactors, original: nn.Module) -> nn.Module:
+class DecodedLinear(nn.Module):
+    """A Linear whose weight is stored as latent codes, a decoder (shared by a group) and row norms.
+
+    Storage compression: torch computes with the decoded dense weight, a buffer and so not counted as stored;
+    the stored form is the parameters (the shared decoder counted once). In the ONNX file,
+    ``decoding.store_decoded_weights`` puts the stored form in the dense weight's place as a constant subgraph.
+    """
+
+    def __init__(self, rows: DecodedRows, bias: torch.Tensor | None):
+        super().__init__()
+        self.latent = nn.Parameter(rows.latent, requires_grad=False)  # out x latent size
+        self.norms = nn.Parameter(rows.norms, requires_grad=False)  # out
+        self.decoder = rows.decoder.requires_grad_(False)
+        self.register_buffer("weight", rows.dense())  # out x in
+        self.bias = _optional(bias)
+
+    def stored(self) -> DecodedRows:
+        return DecodedRows(self.latent, self.decoder, self.norms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def low_rank_module(kind: str, factors: LowRankFactors | DecodedRows, original: nn.Module) -> nn.Module:
     """The stand-in for ``original`` (an embedding, or a Linear/Conv1D of the given kind)."""
+    if isinstance(factors, DecodedRows):
+        return DecodedLinear(factors, original.bias)
     if kind == "embeddings":
         return LowRankEmbedding(factors, getattr(original, "padding_idx", None))
     return LowRankLinear(factors, original.bias)

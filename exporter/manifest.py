@@ -30,7 +30,7 @@ def package_versions() -> dict[str, str | None]:
 def build_manifest(source: SourceModel, config: CompressionConfig, records: list[ModuleRecord], *,
                    model_params: tuple[int, int], files: list[Path], parity: dict, fidelity: dict,
                    shared_weights: int, calibration: dict | None, graph: dict, seconds: dict[str, float]) -> dict:
-    factorised = [r for r in records if r.status == "factorised"]
+    statuses = [r.status for r in records]
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -44,8 +44,9 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         },
         "task": source.task,
         "method": config.method,
-        # Low-rank factors replace the weights in the graph: fewer bytes AND fewer FLOPs.
-        "compression": "none" if config.method == NO_COMPRESSION else "factorised",
+        # "factorised": low-rank factors replace the weights in the graph, fewer bytes AND fewer FLOPs.
+        # "storage": the file holds a compressed form decoded to the dense weights at load: fewer bytes only.
+        "compression": "none" if config.method == NO_COMPRESSION else config.build_method().compression,
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
         "ratio": config.ratio,
         "seed": config.seed,
@@ -57,8 +58,9 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "totals": {
             "targeted_params_before": sum(r.params_before for r in records),
             "targeted_params_after": sum(r.params_after for r in records),
-            "modules_factorised": len(factorised),
-            "modules_left_dense": len(records) - len(factorised),
+            "modules_factorised": statuses.count("factorised"),
+            "modules_storage_compressed": statuses.count("storage"),
+            "modules_left_dense": statuses.count("dense"),
             "model_params_before": model_params[0],
             "model_params_after": model_params[1],
             "bytes_before": source.weight_bytes,
@@ -87,10 +89,14 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 def format_summary(manifest: dict, output_dir: Path) -> str:
     """What was gained and what was lost, in a few lines."""
     t, par, fid = manifest["totals"], manifest["parity"], manifest["fidelity"]
+    storage = t.get("modules_storage_compressed")
     lines = [
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
         f"  method {manifest['method']} at ratio {manifest['ratio']:g} on {', '.join(manifest['targets'])}: "
-        f"{t['modules_factorised']} module(s) factorised, {t['modules_left_dense']} left dense",
+        f"{t['modules_factorised']} module(s) factorised, "
+        + (f"{storage} storage-compressed (decoded when the session starts: a smaller file, dense weights in "
+           "memory, no FLOP saving), " if storage else "")
+        + f"{t['modules_left_dense']} left dense",
         f"  targeted weights  {t['targeted_params_before']:>12,} -> {t['targeted_params_after']:>12,} params "
         f"({_ratio(t['targeted_params_before'], t['targeted_params_after'])})",
         f"  whole model       {t['model_params_before']:>12,} -> {t['model_params_after']:>12,} params "

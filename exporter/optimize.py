@@ -31,6 +31,8 @@ FUSED_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention",
 #: ``auto`` keeps an optimised graph only when it is at least this much faster: smaller gains are noise here.
 MIN_SPEEDUP = 0.03
 TIMING_ROUNDS = 15
+#: A fusion may add a little (new node attributes); more means weights were folded into dense copies.
+MAX_GROWTH = 1.05
 TIMING_TOKENS = 128
 
 
@@ -116,9 +118,17 @@ def _try(run, source: Path, target: Path, batches: list[TextBatch], reference: l
     except Exception as error:  # an optimiser that cannot handle a graph is skipped, and the manifest says why
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]}
     result = {"fused_ops": fused_ops(onnx.load(str(target), load_external_data=False)), "max_abs_diff": difference}
+    before, after = _graph_bytes(source), _graph_bytes(target)
     if not difference <= atol:
         result["error"] = f"differs from the unoptimised graph by {difference:.3g} (tolerance {atol:g})"
+    elif after > before * MAX_GROWTH:
+        # Constant folding decoded storage-compressed weights into dense ones: the file must stay small.
+        result["error"] = f"grew the file from {before:,} to {after:,} bytes"
     return result
+
+
+def _graph_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
 def _time_alternately(candidates: dict[str, Path], batches: list[TextBatch]) -> dict[str, float]:

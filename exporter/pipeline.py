@@ -13,7 +13,7 @@ from torch import nn
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
 
-from . import passes
+from . import decoding, passes
 from .calibration import Calibration
 from .architectures import spec_for
 from .compress import CompressionConfig, compress_
@@ -98,6 +98,7 @@ def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records
     """Export, store shared weights once, refuse dense copies; returns (graph path, files, weights shared)."""
     onnx_path = export_onnx(network, task, folder, tokenizer)
     graph = onnx.load(str(onnx_path))
+    decoding.store_decoded_weights(graph, network)  # storage-compressed weights: decoded when the session starts
     shared = passes.store_shared_weights_once(graph)
     passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
                                  [tuple(t.shape) for t in _tensors(network)])

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--task", default="auto",
                         help="auto, feature-extraction, text-classification, fill-mask or text-generation")
     export.add_argument("--method", default="svd",
-                        help="svd, ae, or none (export unchanged: a reference for validate)  (default: svd)")
+                        help="svd, ae, svd-shared, ae-shared, ae-separated (cross-layer; see README), or none "
+                             "(export unchanged: a reference for validate)  (default: svd)")
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
                              "attention-output, ffn-in, ffn-out (default: all)")

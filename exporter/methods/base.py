@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
+from torch import nn
+
+from edgefold.runtime import EdgefoldError
 from torch.nn import functional as F
 
 
@@ -98,10 +101,81 @@ class FitContext:
     details: dict = field(default_factory=dict)
 
 
+class RowDecoder(nn.Module):
+    """An MLP from latent codes to row directions: Linear layers, LeakyReLU between them, Tanh after the last
+    (the cross-layer autoencoder's decoder). One may be shared by the weights of every layer of a kind."""
+
+    def __init__(self, sizes: list[int], negative_slope: float = 0.01):
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.negative_slope = negative_slope
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        hidden = latent
+        for i, linear in enumerate(self.linears):
+            hidden = linear(hidden)
+            last = i == len(self.linears) - 1
+            hidden = torch.tanh(hidden) if last else F.leaky_relu(hidden, self.negative_slope)
+        return hidden
+
+
+@dataclass
+class DecodedRows:
+    """A (rows x cols) weight stored as one latent code per row, a decoder and each row's L2 norm.
+
+    ``dense()`` decodes each row's direction and rescales it to the kept norm. This is storage compression:
+    the stored form is small, but the model computes with the decoded dense weight (no FLOP saving).
+    """
+
+    latent: torch.Tensor  # rows x latent size
+    decoder: RowDecoder
+    norms: torch.Tensor  # rows
+
+    @torch.no_grad()
+    def dense(self) -> torch.Tensor:
+        directions = self.decoder(self.latent)
+        return directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.norms[:, None]
+
+
+@dataclass
+class GroupFit:
+    """A fitted group of same-kind matrices: one form per matrix, in order, and the stored parameters charged
+    to each (tensors the group shares, stored once, split evenly over its members)."""
+
+    forms: list[LowRankFactors | DecodedRows]
+    params: list[int]
+
+
+def parse_options(cls: type, options: dict[str, str], method: str):
+    """A dataclass of settings from NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
+    from .autoencoder import _convert  # one converter for every method's options
+
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for name, text in options.items():
+        if name not in known:
+            raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
+        values[name] = _convert(name, text, type(getattr(cls, name)))
+    return cls(**values)
+
+
+def shared_charges(own: list[int], shared: int) -> list[int]:
+    """Each member's own stored parameters plus an even share of ``shared`` (the remainder on the first)."""
+    share, remainder = divmod(shared, len(own))
+    return [count + share + (remainder if i == 0 else 0) for i, count in enumerate(own)]
+
+
 class Method(ABC):
     """A training-free compressor of one weight matrix at a given rank."""
 
     name: ClassVar[str]
+    #: "factorised": the graph computes with the compressed form (fewer bytes and FLOPs); "storage": the file
+    #: holds a compressed form that is decoded to the dense weight when the session is created (bytes only).
+    compression: ClassVar[str] = "factorised"
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts
@@ -115,3 +189,17 @@ class Method(ABC):
     @abstractmethod
     def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
         """Factor ``weight`` (rows x cols, float32) at ``rank``."""
+
+
+class GroupMethod(Method):
+    """Fits the same-kind matrices of all layers together: ``compress_`` groups the targeted modules by kind
+    (a fused projection such as GPT-2's c_attn is its own kind) and shape, and calls :meth:`fit_group` once per
+    group instead of :meth:`fit` per module."""
+
+    def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
+        raise TypeError(f"method {self.name} fits groups of matrices: call fit_group")
+
+    @abstractmethod
+    def fit_group(self, weights: list[torch.Tensor], ratio: float, context: FitContext) -> GroupFit | None:
+        """Compress ``weights`` (same shape, rows x cols, float32) so that together they keep at most 1/ratio of
+        their parameters, everything stored counted; None when no form within that budget exists."""
