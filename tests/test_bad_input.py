@@ -140,7 +140,7 @@ def test_ctrl_c_in_the_middle_leaves_no_folder(tmp_path):
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=5)
             break
         except subprocess.TimeoutExpired:
             continue
