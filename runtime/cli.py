@@ -125,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json)")
     validate.set_defaults(run=_run_validate)
 
+    pack = commands.add_parser("pack", help="one archive for a device: the folder, pinned requirements, edgefold",
+                               description="Write a .tar.gz holding the exported folder, a requirements.txt pinned "
+                                           "to this machine's onnxruntime, numpy and tokenizers, and a "
+                                           "runtime-only edgefold wheel.")
+    pack.add_argument("folder")
+    pack.add_argument("archive", type=Path)
+    pack.add_argument("--overwrite", action="store_true", help="replace ARCHIVE if it exists")
+    pack.set_defaults(run=_run_pack)
+
+    unpack = commands.add_parser("unpack", help="write an archive's model folder to a new folder, checked",
+                                 description="Check every member of an edgefold archive (no absolute paths, no "
+                                             "'..', no links or devices), then write its model folder to DEST.")
+    unpack.add_argument("archive", type=Path)
+    unpack.add_argument("destination", type=Path)
+    unpack.set_defaults(run=_run_unpack)
+
     report = commands.add_parser("report", help="merge bench and validate JSON into Markdown and plots")
     report.add_argument("results", nargs="+", help="bench-*.json and validate-*.json, from any machines")
     report.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and the plots")
@@ -190,6 +206,24 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     print(f"wrote {write_report(args.results, args.output)}")
+    return 0
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from .package import pack
+
+    packed = pack(args.folder, args.archive, overwrite=args.overwrite)
+    print(f"wrote {packed['archive']} ({packed['bytes'] / 1e6:.1f} MB): {packed['model']}/ ({packed['files']} files), "
+          f"requirements.txt, wheels/{packed['wheel']}")
+    for line in packed["requirements"][1:]:
+        print(f"  {line}")
+    return 0
+
+
+def _run_unpack(args: argparse.Namespace) -> int:
+    from .package import unpack
+
+    print(f"wrote {unpack(args.archive, args.destination)}")
     return 0
 
 
