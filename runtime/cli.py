@@ -37,6 +37,12 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _option(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an exported folder, or (with edgefold[export]) the original Hugging Face model")
     validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
                                          "shipped evaluation text")
+    validate.add_argument("--limit", type=_positive, metavar="N", help="only the first N items (a quick check)")
     validate.add_argument("--text-column", default="text")
     validate.add_argument("--label-column", help="gold labels (classification): adds accuracy and F1")
     validate.add_argument("--query-column", help="with --positive-column: retrieval recall@1 and MRR")
@@ -185,6 +192,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     from .validate import failures, validate
 
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    data = data.first(args.limit) if args.limit else data
     with _reference_folder(args.reference) as reference:
         report = validate(args.candidate, reference, data, args.gate, args.gates)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")

@@ -166,6 +166,9 @@ def _atomic(path: Path):
     """A temporary file beside ``path``, renamed onto it only if the block succeeds."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.absolute().parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the archive from other users
     try:
         yield tmp
         os.replace(tmp, path)
