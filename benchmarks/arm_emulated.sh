@@ -35,9 +35,7 @@ cd "$WORK/workstation"
 readme_block workstation > workstation.sh
 echo "--- workstation (x86), from README.md:"; cat workstation.sh
 PATH="$VENV/bin:$PATH" bash -euo pipefail workstation.sh
-for model in minilm-ref minilm-svd; do
-    "$VENV/bin/python" "$REPO/benchmarks/arm_outputs.py" dump "$model" "x86-$model.npz"
-done
+"$VENV/bin/python" "$REPO/benchmarks/arm_outputs.py" dump x86 minilm-ref minilm-svd
 "$VENV/bin/edgefold" validate minilm-svd --reference minilm-ref --limit 8 --gate "mean_cosine>=0" \
     -o x86-validate.json > /dev/null
 host_done=$((SECONDS - start))
@@ -51,7 +49,7 @@ cp ./*.tar.gz "$REPO/benchmarks/arm_outputs.py" "$ROOT/root/device/"
 readme_block device > "$ROOT/root/device/device.sh"
 echo "--- device (aarch64, emulated), from README.md:"; cat "$ROOT/root/device/device.sh"
 device_start=$SECONDS
-"$CHROOT" run "cd device && bash -euo pipefail device.sh && uname -m > arch.txt && .venv/bin/pip list --format=freeze > freeze.txt && for m in minilm-ref minilm-svd; do .venv/bin/python arm_outputs.py dump \$m arm-\$m.npz; done" \
+"$CHROOT" run "cd device && bash -euo pipefail device.sh && uname -m > arch.txt && .venv/bin/pip list --format=freeze > freeze.txt && .venv/bin/python arm_outputs.py dump arm minilm-ref minilm-svd" \
     2> >(grep -v -e "cpuinfo" -e "cpuid_info" >&2)
 device_s=$((SECONDS - device_start))
 cp "$ROOT"/root/device/{*.json,*.npz,arch.txt,freeze.txt} .

@@ -1,6 +1,7 @@
 """The raw graph outputs of an exported folder, to compare two machines (x86 and aarch64) number for number.
 
-    python arm_outputs.py dump FOLDER OUT.npz          the first output on shipped verification sentences
+    python arm_outputs.py dump PREFIX FOLDER...     the first output on shipped verification sentences, to
+                                                    PREFIX-<folder name>.npz
     python arm_outputs.py compare A.npz B.npz [--atol 1e-4]   max abs difference; exit 1 above atol
     python arm_outputs.py summarize WORK RESULTS [--timing NAME=VALUE ...]   arm_emulated.sh's checks and results
 
@@ -23,12 +24,13 @@ from edgefold.runtime.texts import shipped_texts
 ITEMS = 8  # sentences, one batch: enough to cover the vocabulary's common rows, cheap under emulation
 
 
-def dump(folder: str, out: str) -> None:
-    model = ExportedFolder.open(folder)
-    session = open_session(model.graph)
-    ids, mask = model.encoder().encode(shipped_texts("verify.txt")[:ITEMS], max_length=128)
-    output = session.run([session.get_outputs()[0].name], make_feed(session, ids, mask))[0]
-    np.savez(out, output=output, attention_mask=mask)
+def dump(prefix: str, folders: list[str]) -> None:
+    for folder in folders:
+        model = ExportedFolder.open(folder)
+        session = open_session(model.graph)
+        ids, mask = model.encoder().encode(shipped_texts("verify.txt")[:ITEMS], max_length=128)
+        output = session.run([session.get_outputs()[0].name], make_feed(session, ids, mask))[0]
+        np.savez(f"{prefix}-{model.name}.npz", output=output, attention_mask=mask)
 
 
 def compare(a: str, b: str, atol: float) -> int:
@@ -120,8 +122,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     d = commands.add_parser("dump")
-    d.add_argument("folder")
-    d.add_argument("out")
+    d.add_argument("prefix")
+    d.add_argument("folders", nargs="+")
     c = commands.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
@@ -132,7 +134,7 @@ def main() -> int:
     r.add_argument("--timing", action="append", default=[])
     args = parser.parse_args()
     if args.command == "dump":
-        dump(args.folder, args.out)
+        dump(args.prefix, args.folders)
         return 0
     if args.command == "summarize":
         return summarize(args.work, args.results, args.timing)

@@ -27,6 +27,7 @@ import zipfile
 import zlib
 from importlib import metadata, resources
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from .errors import EdgefoldError
 from .folder import ExportedFolder
@@ -35,7 +36,7 @@ REQUIREMENTS = "requirements.txt"
 WHEELS = "wheels"
 #: What the device installs besides edgefold: the runtime's own dependencies, pinned to this machine's versions.
 PINNED = ("onnxruntime", "numpy", "tokenizers")
-_MTIME = 315532800  # 1980-01-01: the earliest date a zip (wheel) entry can hold; archives are reproducible
+_MTIME = 315532800  # 1980-01-01, the date a wheel's entries get too: members do not depend on when they were packed
 
 
 def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> dict:
@@ -52,10 +53,11 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
     requirements = requirements_text(f"./{WHEELS}/{wheel_name}")
     files = sorted(p for p in model.path.rglob("*") if p.is_file())
     with _atomic(archive) as tmp, tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, REQUIREMENTS, requirements.encode())
-        _add_bytes(tar, f"{WHEELS}/{wheel_name}", wheel)
+        _add(tar, REQUIREMENTS, io.BytesIO(requirements.encode()), len(requirements.encode()))
+        _add(tar, f"{WHEELS}/{wheel_name}", io.BytesIO(wheel), len(wheel))
         for path in files:
-            _add_bytes(tar, f"{model.name}/{path.relative_to(model.path).as_posix()}", path.read_bytes())
+            with open(path, "rb") as stream:  # streamed: external weights can be gigabytes
+                _add(tar, f"{model.name}/{path.relative_to(model.path).as_posix()}", stream, path.stat().st_size)
     return {"archive": str(archive), "model": model.name, "files": len(files), "wheel": wheel_name,
             "requirements": requirements.splitlines(), "bytes": archive.stat().st_size}
 
@@ -155,10 +157,11 @@ def _digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tar: tarfile.TarFile, name: str, stream: BinaryIO, size: int) -> None:
+    """A plain file member, whatever the source was (a link is packed as the file it points to)."""
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, _MTIME
-    tar.addfile(info, io.BytesIO(data))
+    info.size, info.mode, info.mtime = size, 0o644, _MTIME
+    tar.addfile(info, stream)
 
 
 @contextlib.contextmanager
