@@ -211,5 +211,7 @@ def test_validate_limit_takes_the_first_items(minilm_variants, tmp_path, capsys)
                  "--limit", "5", "-o", str(out)]) == 0
     data = json.loads(out.read_text())["data"]
     assert data["items"] == 5 and data["source"] == "shipped evaluation.txt, first 5"
-    assert main(["validate", "x", "--reference", "y", "--limit", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "x", "--reference", "y", "--limit", "0"])
+    assert exit_.value.code == 2
     assert "at least 1" in capsys.readouterr().err
