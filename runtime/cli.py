@@ -37,6 +37,12 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _option(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an exported folder, or (with edgefold[export]) the original Hugging Face model")
     validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
                                          "shipped evaluation text")
+    validate.add_argument("--limit", type=_positive, metavar="N", help="only the first N items (a quick check)")
     validate.add_argument("--text-column", default="text")
     validate.add_argument("--label-column", help="gold labels (classification): adds accuracy and F1")
     validate.add_argument("--query-column", help="with --positive-column: retrieval recall@1 and MRR")
@@ -134,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "in the candidate folder, if present)")
     validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json)")
     validate.set_defaults(run=_run_validate)
+
+    pack = commands.add_parser("pack", help="one archive for a device: the folder, pinned requirements, edgefold",
+                               description="Write a .tar.gz holding the exported folder, a requirements.txt pinned "
+                                           "to this machine's onnxruntime, numpy and tokenizers, and a "
+                                           "runtime-only edgefold wheel.")
+    pack.add_argument("folder")
+    pack.add_argument("archive", type=Path)
+    pack.add_argument("--overwrite", action="store_true", help="replace ARCHIVE if it exists")
+    pack.set_defaults(run=_run_pack)
+
+    unpack = commands.add_parser("unpack", help="write an archive's model folder to a new folder, checked",
+                                 description="Check every member of an edgefold archive (no absolute paths, no "
+                                             "'..', no links or devices), then write its model folder to DEST.")
+    unpack.add_argument("archive", type=Path)
+    unpack.add_argument("destination", type=Path)
+    unpack.set_defaults(run=_run_unpack)
 
     report = commands.add_parser("report", help="merge bench and validate JSON into Markdown and plots")
     report.add_argument("results", nargs="+", help="bench-*.json and validate-*.json, from any machines")
@@ -180,6 +203,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     from .validate import failures, validate
 
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    data = data.first(args.limit) if args.limit else data
     with _reference_folder(args.reference) as reference:
         report = validate(args.candidate, reference, data, args.gate, args.gates)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
@@ -201,6 +225,24 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     print(f"wrote {write_report(args.results, args.output)}")
+    return 0
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from .package import pack
+
+    packed = pack(args.folder, args.archive, overwrite=args.overwrite)
+    print(f"wrote {packed['archive']} ({packed['bytes'] / 1e6:.1f} MB): {packed['model']}/ ({packed['files']} files), "
+          f"requirements.txt, wheels/{packed['wheel']}")
+    for line in packed["requirements"][1:]:
+        print(f"  {line}")
+    return 0
+
+
+def _run_unpack(args: argparse.Namespace) -> int:
+    from .package import unpack
+
+    print(f"wrote {unpack(args.archive, args.destination)}")
     return 0
 
 

@@ -20,6 +20,12 @@ class EvalData:
     pairs: list[tuple[str, str]] | None = None  # (query, positive) for retrieval metrics
     sha256: str = field(default="")
 
+    def first(self, limit: int) -> EvalData:
+        """The first ``limit`` items: a quick check where inference is slow (a small board, an emulator)."""
+        return EvalData(f"{self.source}, first {limit}", self.texts[:limit],
+                        self.labels[:limit] if self.labels else self.labels,
+                        self.pairs[:limit] if self.pairs else self.pairs, self.sha256)
+
     def describe(self) -> dict:
         return {"source": self.source, "items": len(self.texts), "sha256": self.sha256,
                 "labels": self.labels is not None, "pairs": len(self.pairs) if self.pairs else 0}

@@ -203,3 +203,15 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents():
     child = subprocess.run([sys.executable, "-c", "from edgefold.runtime.bench import peak_rss_bytes as p; "
                             "print(p())"], capture_output=True, text=True, check=True)
     assert int(child.stdout) < 200 * 2**20 and ballast.sum() > 0
+
+
+def test_validate_limit_takes_the_first_items(minilm_variants, tmp_path, capsys):
+    out = tmp_path / "v.json"
+    assert main(["validate", str(minilm_variants["mild"]), "--reference", str(minilm_variants["reference"]),
+                 "--limit", "5", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())["data"]
+    assert data["items"] == 5 and data["source"] == "shipped evaluation.txt, first 5"
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "x", "--reference", "y", "--limit", "0"])
+    assert exit_.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
