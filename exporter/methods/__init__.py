@@ -6,13 +6,17 @@ from edgefold.runtime import EdgefoldError
 
 from .autoencoder import AutoencoderOptions, DirectionAwareAutoencoder
 from .base import FitContext, LowRankFactors, Method
+from .fisher import FisherWeightedSVD
 from .svd import TruncatedSVD
+from .whitened import WhitenedSVD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (TruncatedSVD, DirectionAwareAutoencoder)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (TruncatedSVD, DirectionAwareAutoencoder,
+                                                              WhitenedSVD, FisherWeightedSVD)}
 #: ``--method none`` exports the model unchanged: the reference for ``validate``, the baseline for ``bench``.
 NO_COMPRESSION = "none"
 #: Frequency-aware embeddings by default: the autoencoder as edgefold recommends it; SVD as the plain baseline.
-FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False}
+FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False,
+                     "svd-whitened": False, "svd-fisher": False}
 
 
 def get_method(name: str, options: dict[str, str] | None = None) -> Method | None:
