@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--task", default="auto",
                         help="auto, feature-extraction, text-classification, fill-mask or text-generation")
     export.add_argument("--method", default="svd",
-                        help="svd, ae, or none (export unchanged: a reference for validate)  (default: svd)")
+                        help="svd, svd-whitened, svd-fisher (data-aware: calibration statistics), ae, or none "
+                             "(export unchanged: a reference for validate)  (default: svd)")
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
                              "attention-output, ffn-in, ffn-out (default: all)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--method-option", metavar="NAME=VALUE", action="append", default=[], type=_option,
                         help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
                              "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
-                             "svd_init, preserve_norms, ...; see README)")
+                             "svd_init, preserve_norms, whitened, ...; see README)")
     export.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                         help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
                              "MatMulNBits (default: none)")
