@@ -17,6 +17,7 @@ from .frequency import fit_frequency_aware
 from .layers import LowRankEmbedding, TiedLowRankHead, low_rank_module
 from .methods import FREQUENCY_DEFAULT, FitContext, GroupMethod, Method, get_method
 from .plan import RANK_MULTIPLE, plan_rank
+from .statistics import collect_statistics
 from .verify import ValidationScorer
 
 
@@ -62,8 +63,10 @@ class CompressionConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text."""
-        return self.uses_frequency or self.method == "ae"
+        """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text;
+        data-aware methods need statistics of the model's activations on calibration text."""
+        method = self.build_method()
+        return self.uses_frequency or self.method == "ae" or bool(method and method.needs)
 
 
 @dataclass
@@ -113,6 +116,7 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     if isinstance(method, GroupMethod):
         return _compress_groups(model, spec, config, method, selected, output_embeddings, progress)
     fitting = _Fitting(model, config, method, tokenizer, calibration, progress)
+    fitting.collect_statistics(selected, spec)
     records = []
     for name, module, kinds in tqdm(selected, desc=f"{method.name} fit", unit="module", disable=not progress):
         records.append(fitting.compress_module(name, module, kinds, _dense_weight(module, spec, kinds)))
@@ -133,6 +137,15 @@ class _Fitting:
             self.calibration = calibration or Calibration.load(config.calibration)
             self.tokenizer = tokenizer
             self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
+        self.statistics: dict[str, dict[str, torch.Tensor]] = {}
+
+    def collect_statistics(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
+        """What the method needs of the Linears' activations, on the original model (before any swap) and the
+        calibration fit split only."""
+        linears = {name: (module, spec.transposed) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+        if self.method.needs and linears:
+            self.statistics = collect_statistics(self.model, linears, self.method.needs, self.calibration.fit_texts,
+                                                 self.tokenizer, self.config.seed, self.progress)
 
     def compress_module(self, name: str, module: nn.Module, kinds: tuple[str, ...],
                         weight: torch.Tensor) -> ModuleRecord:
@@ -144,7 +157,8 @@ class _Fitting:
         svd_rank = plan_rank(rows, cols, ratio, multiple=multiple)
         record.fit["svd_params_at_same_ratio"] = svd_rank * (rows + cols) if svd_rank else None
         context = FitContext(seed=self.config.seed, progress=self.progress, kind=kinds[0],
-                             score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None)
+                             score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None,
+                             **self.statistics.pop(name, {}))
         torch.manual_seed(self.config.seed)
         if kinds == (EMBEDDINGS,) and self.config.uses_frequency:
             counts = self.calibration.token_counts(self.tokenizer, rows)

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--task", default="auto",
                         help="auto, feature-extraction, text-classification, fill-mask or text-generation")
     export.add_argument("--method", default="svd",
-                        help="svd, ae, svd-shared, ae-shared, ae-separated (cross-layer; see README), or none "
+                        help="svd, svd-whitened, svd-fisher (data-aware: calibration statistics), ae, "
+                             "svd-shared, ae-shared, ae-separated (cross-layer; see README), or none "
                              "(export unchanged: a reference for validate)  (default: svd)")
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--method-option", metavar="NAME=VALUE", action="append", default=[], type=_option,
                         help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
                              "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
-                             "svd_init, preserve_norms, ...; see README)")
+                             "svd_init, preserve_norms, whitened, ...; see README)")
     export.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                         help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
                              "MatMulNBits (default: none)")

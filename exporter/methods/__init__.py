@@ -7,16 +7,20 @@ from edgefold.runtime import EdgefoldError
 from .ae_shared import CrossLayerAutoencoder, CrossLayerOptions, SeparatedAutoencoder
 from .autoencoder import AutoencoderOptions, DirectionAwareAutoencoder
 from .base import DecodedRows, FitContext, GroupFit, GroupMethod, LowRankFactors, Method, RowDecoder
+from .fisher import FisherWeightedSVD
 from .svd import TruncatedSVD
 from .svd_shared import SharedBasisOptions, SharedBasisSVD
+from .whitened import WhitenedSVD
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    TruncatedSVD, DirectionAwareAutoencoder, SharedBasisSVD, CrossLayerAutoencoder, SeparatedAutoencoder)}
+    TruncatedSVD, WhitenedSVD, FisherWeightedSVD, DirectionAwareAutoencoder, SharedBasisSVD, CrossLayerAutoencoder,
+    SeparatedAutoencoder)}
 #: ``--method none`` exports the model unchanged: the reference for ``validate``, the baseline for ``bench``.
 NO_COMPRESSION = "none"
 #: Frequency-aware embeddings by default: the autoencoder as edgefold recommends it; SVD as the plain baseline.
 FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False,
-                     "svd-shared": False, "ae-shared": False, "ae-separated": False}
+                     "svd-whitened": False, "svd-fisher": False, "svd-shared": False, "ae-shared": False,
+                     "ae-separated": False}
 
 
 def get_method(name: str, options: dict[str, str] | None = None) -> Method | None:

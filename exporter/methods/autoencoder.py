@@ -4,6 +4,11 @@ The rows of a weight matrix are the samples (tokens of an embedding table, outpu
 default linear form, encoder Linear(d -> k) and decoder Linear(k -> d) with bias, the stored latent table
 Z = enc(W) and the decoder ARE a rank-k factorisation plus a bias, folded like SVD's. The loss cares about each
 row's direction: a cosine term plus an annealed power-L1 term.
+
+Data-aware (``whitened=true``, Linears only): the rows are fitted in the whitened input space, W S with
+S S^T the second moment of the layer's input on calibration text (see ``whitened``), so a row's direction there
+is the direction of its output unit's activations over calibration inputs, and the loss measures the layer's
+output. The decoder is un-whitened afterwards (D S^-1, bias b S^-1): the same rank and fold as before.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from tqdm.auto import tqdm
 
 from edgefold.runtime import EdgefoldError
 
-from .base import FitContext, LowRankFactors, Method
+from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method
 from .svd import svd_basis
+from .whitened import required, unwhiten, whitening
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class AutoencoderOptions:
     svd_init: bool = True  # start from the truncated-SVD solution, so the fit begins where the baseline ends
     preserve_norms: bool = False  # store each row's norm and learn directions only
     validate_every: int = 5  # epochs between validation checks (checkpoint selection; the start is checked too)
+    whitened: bool = False  # Linears: fit rows in the whitened input space, so the loss is on layer outputs
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> AutoencoderOptions:
@@ -95,6 +102,7 @@ class DirectionAwareAutoencoder(Method):
 
     def __init__(self, options: AutoencoderOptions | None = None):
         self.options = options or AutoencoderOptions()
+        self.needs = frozenset({INPUT_MOMENTS}) if self.options.whitened else frozenset()
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         if kind != "embeddings":
@@ -115,19 +123,23 @@ class DirectionAwareAutoencoder(Method):
         torch.manual_seed(context.seed)
         generator = torch.Generator().manual_seed(context.seed)
         weight = weight.float()
+        whitener = None
+        if o.whitened and context.kind != "embeddings":
+            whitener = whitening(required(context.input_moments, self.name, "input moments"))
+            weight = (weight.double() @ whitener).float()
         norms = weight.norm(dim=-1, keepdim=True) if o.preserve_norms else None
         model = _Autoencoder(weight.shape[1], rank, o.activation == "elu")
         if o.svd_init:
             _start_from_svd(model, weight, rank, context.row_weights)
         optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, o.lr_step_epochs, o.lr_gamma)
-        best = _Checkpoint(self._factors(model, weight, norms), context.score)
+        best = _Checkpoint(self._factors(model, weight, norms, whitener), context.score)
         bar = tqdm(range(o.epochs), desc="ae epochs", unit="epoch", leave=False, disable=not context.progress)
         for epoch in bar:
             loss = self._epoch(model, optimizer, weight, norms, alpha_at(epoch, o), context.row_weights, generator)
             schedule.step()
             if (epoch + 1) % o.validate_every == 0 or epoch + 1 == o.epochs:
-                best.offer(epoch + 1, self._factors(model, weight, norms))
+                best.offer(epoch + 1, self._factors(model, weight, norms, whitener))
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{best.last:.4f}" if best.last is not None else "-")
         context.details.update(best.report(), final_loss=loss if o.epochs else None)
         return best.factors
@@ -151,13 +163,18 @@ class DirectionAwareAutoencoder(Method):
         return total / rows
 
     @torch.no_grad()
-    def _factors(self, model: _Autoencoder, weight: torch.Tensor, norms: torch.Tensor | None) -> LowRankFactors:
+    def _factors(self, model: _Autoencoder, weight: torch.Tensor, norms: torch.Tensor | None,
+                 whitener: torch.Tensor | None) -> LowRankFactors:
+        """The decoder's factors in the original space (un-whitened where the rows were whitened)."""
         latent = model.encode(weight)
         factors = LowRankFactors(latent.contiguous(), model.decoder.weight.T.contiguous(),
                                  model.decoder.bias.clone(), activation="elu" if model.elu else None)
         if norms is not None:
             decoded = factors.dense()
             factors.row_scale = (norms[:, 0] / decoded.norm(dim=-1).clamp_min(1e-12)).contiguous()
+        if whitener is not None:  # row scales commute with the right-multiplication by S^-1
+            factors.right = unwhiten(factors.right, whitener).float().contiguous()
+            factors.bias = unwhiten(factors.bias[None], whitener)[0].float()
         return factors
 
 

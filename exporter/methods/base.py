@@ -9,9 +9,13 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgefold.runtime import EdgefoldError
-from torch.nn import functional as F
+
+#: Calibration statistics a method may need (collected by ``exporter.statistics``, passed in ``FitContext``).
+INPUT_MOMENTS = "input_moments"
+ROW_IMPORTANCE = "row_importance"
 
 
 @dataclass
@@ -88,12 +92,16 @@ class FitContext:
     """What a method may use beyond the weight.
 
     ``kind``: the module kind (see architectures). ``row_weights``: how much each row matters (token
-    frequencies), summing to 1, or None for uniform.
+    frequencies), summing to 1, or None for uniform. ``input_moments`` (cols x cols) and ``row_importance``
+    (rows), float64: calibration statistics of a Linear, given where the method ``needs`` them (see
+    ``exporter.statistics``).
     ``score``: validation fidelity of candidate factors (higher is better), for methods that select a
     checkpoint; computed on text the method does not fit on. ``details`` collects what the method reports.
     """
 
     row_weights: torch.Tensor | None = None
+    input_moments: torch.Tensor | None = None
+    row_importance: torch.Tensor | None = None
     score: Callable[[LowRankFactors], float] | None = None
     kind: str = "embeddings"
     seed: int = 0
@@ -176,6 +184,9 @@ class Method(ABC):
     #: "factorised": the graph computes with the compressed form (fewer bytes and FLOPs); "storage": the file
     #: holds a compressed form that is decoded to the dense weight when the session is created (bytes only).
     compression: ClassVar[str] = "factorised"
+    #: Calibration statistics the method uses for Linears ("input_moments", "row_importance"); they are
+    #: collected on the original model and passed through ``FitContext``.
+    needs: frozenset[str] = frozenset()
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts

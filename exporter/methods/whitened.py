@@ -1,0 +1,54 @@
+"""Whitened SVD (SVD-LLM's truncation-aware whitening): truncate where the layer's OUTPUT error is measured.
+
+With M = E[x x^T] the second moment of the layer's input on calibration text and S its Cholesky factor
+(M = S S^T), the mean output error of a replacement W' is ``tr((W - W') M (W - W')^T) = ||(W - W') S||_F^2``.
+Truncated SVD of W S is therefore the best rank-r replacement for the output (Eckart-Young in the whitened
+space), and ``W' = SVD_r(W S) S^-1``: the right factor is un-whitened by a triangular solve, never an inverse.
+Embeddings have no input activations to whiten: there this method is ``svd`` (its frequency-aware form,
+``--frequency``, weights token rows by calibration counts, which is the data-aware form for a lookup table).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method
+from .svd import TruncatedSVD
+
+#: Damping added to M before Cholesky, relative to its mean diagonal: keeps S invertible where some input
+#: directions never vary on calibration text (a dead unit), while changing the metric negligibly elsewhere.
+DAMPING = 1e-4
+
+
+class WhitenedSVD(Method):
+    name = "svd-whitened"
+    needs = frozenset({INPUT_MOMENTS})
+
+    def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
+        if context.kind == "embeddings":
+            return TruncatedSVD().fit(weight, rank, context)
+        whitener = whitening(required(context.input_moments, self.name, "input moments"))
+        u, s, vh = torch.linalg.svd(weight.double() @ whitener, full_matrices=False)
+        root = s[:rank].sqrt()
+        left, right = u[:, :rank] * root, unwhiten(root[:, None] * vh[:rank], whitener)
+        return LowRankFactors(left.to(weight.dtype).contiguous(), right.to(weight.dtype).contiguous())
+
+
+def whitening(moments: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """S, lower triangular with S S^T = M + damping * mean(diag M) * I (float64)."""
+    moments = moments.double()
+    shift = damping * moments.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.linalg.cholesky(moments + shift * torch.eye(len(moments), dtype=torch.float64))
+
+
+def unwhiten(rows: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
+    """``rows @ S^-1`` by a triangular solve (rows in the whitened input space back to the original one)."""
+    return torch.linalg.solve_triangular(whitener, rows.double(), upper=False, left=False)
+
+
+def required(statistic: torch.Tensor | None, method: str, what: str) -> torch.Tensor:
+    """The statistic, or a clear error where a caller fitted a Linear without collecting it."""
+    if statistic is None:
+        raise ValueError(f"method {method} needs the {what} of calibration text for a Linear: fit it through "
+                         "compress_, which collects them")
+    return statistic

@@ -1,0 +1,122 @@
+"""Calibration statistics of the ORIGINAL model, collected once before any module is swapped.
+
+Data-aware methods declare what they need (``Method.needs``) and receive it per module through ``FitContext``:
+
+- ``input_moments``: the second moment of each targeted Linear's input, ``E[x x^T]`` (cols x cols, float64),
+  token-weighted, padding excluded. ``||(W - W') x||^2`` averaged over calibration tokens is
+  ``tr((W - W') M (W - W')^T)``: the error of the layer's OUTPUT, which whitened SVD minimises.
+- ``row_importance``: per output unit, the summed squared gradients of its weights (FWSVD's Fisher
+  information, one number per row). The loss is the model's own next-token loss where it has one (a causal LM);
+  otherwise a Gaussian-output Fisher: the gradient of ``<output, g>`` with ``g ~ N(0, I)`` drawn per token. Its
+  expected squared gradient is the Fisher information of a Gaussian likelihood centred on the model's output
+  (the unsupervised case FWSVD's justification covers), and because ``g`` is independent across tokens the
+  cross terms of a batch vanish in expectation, so batched gradients estimate the per-token sum without bias.
+
+Only the calibration FIT split is used: the validation lines stay for checkpoint selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .methods.base import INPUT_MOMENTS, ROW_IMPORTANCE
+from .onnx_export import task_of_model
+from .verify import TextBatch, max_text_length, tokenize
+
+_BATCH = 32
+
+
+def collect_statistics(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], needs: frozenset[str],
+                       texts: list[str], tokenizer: PreTrainedTokenizerBase, seed: int = 0,
+                       progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """``{module name: {need: tensor}}`` for ``modules`` (name -> (module, stored transposed as GPT-2's Conv1D))."""
+    batches = tokenize(tokenizer, texts, max_text_length(model), batch_size=_BATCH)
+    statistics: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
+    if INPUT_MOMENTS in needs:
+        for name, moments in input_moments(model, modules, batches, progress).items():
+            statistics[name][INPUT_MOMENTS] = moments
+    if ROW_IMPORTANCE in needs:
+        for name, importance in row_importance(model, modules, batches, seed, progress).items():
+            statistics[name][ROW_IMPORTANCE] = importance
+    return statistics
+
+
+@torch.no_grad()
+def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],
+                  progress: bool) -> dict[str, torch.Tensor]:
+    """``E[x x^T]`` of each module's input over the real tokens of ``batches`` (float64)."""
+    sums = {name: None for name in modules}
+    mask: torch.Tensor | None = None
+
+    def hook(name: str):
+        def accumulate(_module, inputs) -> None:
+            x = inputs[0][mask].double()  # real tokens only, (tokens, cols)
+            product = x.T @ x
+            sums[name] = product if sums[name] is None else sums[name] + product
+        return accumulate
+
+    tokens = 0
+    with _hooks(modules, hook):
+        for batch in tqdm(batches, desc="input moments", unit="batch", disable=not progress, leave=False):
+            mask = torch.from_numpy(batch.attention_mask).bool()
+            model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
+            tokens += int(mask.sum())
+    return {name: total / tokens for name, total in sums.items()}
+
+
+def row_importance(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],
+                   seed: int, progress: bool) -> dict[str, torch.Tensor]:
+    """Per output unit, the squared gradients of its weights summed over the row and the batches (float64)."""
+    generator = torch.Generator().manual_seed(seed)
+    causal = task_of_model(model) == "text-generation"
+    importance: dict[str, torch.Tensor] = {}
+    with _gradients_only_for(model, [module.weight for module, _ in modules.values()]):
+        for batch in tqdm(batches, desc="row importance", unit="batch", disable=not progress, leave=False):
+            ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+            model.zero_grad(set_to_none=True)
+            _loss(model, ids, mask, causal, generator).backward()
+            for name, (module, transposed) in modules.items():
+                squared = module.weight.grad.double().pow(2)
+                rows = squared.sum(dim=0 if transposed else 1)  # Conv1D stores (in x out)
+                importance[name] = rows if name not in importance else importance[name] + rows
+        model.zero_grad(set_to_none=True)
+    return importance
+
+
+def _loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, causal: bool,
+          generator: torch.Generator) -> torch.Tensor:
+    if causal:  # the model's own next-token loss; padded positions are not predicted
+        return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    output = model(input_ids=ids, attention_mask=mask)[0]
+    probe = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    return (output * probe * mask[..., None]).sum()
+
+
+@contextmanager
+def _hooks(modules: dict[str, tuple[nn.Module, bool]], make_hook) -> Iterator[None]:
+    handles = [module.register_forward_pre_hook(make_hook(name)) for name, (module, _) in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _gradients_only_for(model: nn.Module, weights: list[nn.Parameter]) -> Iterator[None]:
+    """Gradients for ``weights`` alone (the rest frozen, for speed), the model's flags restored afterwards."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    chosen = {id(w) for w in weights}
+    try:
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in chosen)
+        yield
+    finally:
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
