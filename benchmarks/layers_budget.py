@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,11 @@ def uniform_variants() -> list[Variant]:
     return sorted(variants, key=lambda v: v.config.method.startswith("ae"))  # stable: budgets stay in order
 
 
-#: Rows with ranks allocated per module (the lead's global budget): append Variant(..., "allocated", ...) here.
-ALLOCATED: list[Variant] = []
+#: The global budget: the same share of all encoder Linears together, ranks allocated per module by measured
+#: sensitivity, for the per-module SVD methods (the autoencoder is allocated with SVD's measurements).
+ALLOCATED = [Variant(method, "allocated", kept, CompressionConfig(method=method, targets=TARGETS, ratio=RATIOS[kept],
+                                                                   allocation="sensitivity"))
+             for kept in KEPT for method in ("svd", "svd-whitened")]
 
 
 def recall_at_1(embeddings: np.ndarray) -> float:
@@ -164,9 +168,17 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
+    """``--allocated``: measure only the allocated rows and add them to the committed results."""
     RESULTS.mkdir(exist_ok=True)
-    result = run(uniform_variants() + ALLOCATED, RESULTS / "layers_budget.json")
-    (RESULTS / "layers_budget.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = RESULTS / "layers_budget.json"
+    if "--allocated" in sys.argv[1:]:
+        previous = json.loads(path.read_text())
+        result = run(ALLOCATED)
+        previous["rows"] += [r for r in result["rows"][1:]]  # the original's row is already there
+        result = previous
+    else:
+        result = run(uniform_variants() + ALLOCATED, path)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     write_table(result, RESULTS / "layers_budget.md")
     plot(result, RESULTS / "layers_budget.png")
     print(f"wrote {RESULTS}/layers_budget.{{md,json,png}}")

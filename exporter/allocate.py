@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from edgefold.runtime import EdgefoldError
 
 #: Candidate ranks, as shares of the break-even rank rows*cols/(rows+cols) at which factors save nothing.
-RANK_SHARES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+RANK_SHARES = (0.125, 0.25, 0.5, 0.75)
+#: Validation texts each measurement runs on: enough to rank modules, few enough for 4 measurements a module.
+SENSITIVITY_TEXTS = 32
 
 
 @dataclass

@@ -11,14 +11,19 @@ from transformers import PreTrainedTokenizerBase
 
 from edgefold.runtime import EdgefoldError
 
+from .allocate import SENSITIVITY_TEXTS, Sensitivity, allocate, measure
 from .architectures import ALL_KINDS, EMBEDDINGS, ArchitectureSpec, parse_targets, spec_for
 from .calibration import Calibration
 from .frequency import fit_frequency_aware
 from .layers import LowRankEmbedding, TiedLowRankHead, low_rank_module
-from .methods import FREQUENCY_DEFAULT, FitContext, GroupMethod, Method, get_method
+from .methods import FREQUENCY_DEFAULT, FitContext, GroupMethod, Method, TruncatedSVD, get_method
 from .plan import RANK_MULTIPLE, plan_rank
 from .statistics import collect_statistics
 from .verify import ValidationScorer
+
+
+ALLOCATIONS = ("uniform", "sensitivity")
+FP32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,10 @@ class CompressionConfig:
     the method's default, on for ``ae``). ``calibration``: a text file, or None for the shipped corpus.
     ``method_options``: NAME=VALUE settings of the method (see ``AutoencoderOptions``). ``rank_multiple``: ranks
     are multiples of it (8 suits SIMD kernels; int4 quantisation needs its block size, 32).
+
+    ``allocation``: "uniform" gives every module the ratio; "sensitivity" makes the ratio (or ``size_budget``,
+    the fp32 bytes of the whole model's weights) a budget for all targeted weights together, with ranks
+    allocated per module by measured fidelity loss (see ``exporter.allocate``).
     """
 
     method: str = "svd"
@@ -39,8 +48,12 @@ class CompressionConfig:
     calibration: str | None = None
     method_options: dict[str, str] = field(default_factory=dict)
     rank_multiple: int = RANK_MULTIPLE
+    allocation: str = "uniform"
+    size_budget: int | None = None
 
     def __post_init__(self) -> None:
+        if self.size_budget is not None:
+            object.__setattr__(self, "allocation", "sensitivity")
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", parse_targets(self.targets))
         unknown = set(self.targets) - set(ALL_KINDS)
@@ -52,7 +65,17 @@ class CompressionConfig:
             raise EdgefoldError(f"--ratio must be a number greater than 1 (got {self.ratio!r})")
         if not isinstance(self.rank_multiple, int) or self.rank_multiple < 1:
             raise EdgefoldError(f"rank_multiple must be a positive integer (got {self.rank_multiple!r})")
+        self._check_allocation()
         self.build_method()  # refuses an unknown method or option now, before any work
+
+    def _check_allocation(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise EdgefoldError(f"unknown allocation {self.allocation!r}; choose from: {', '.join(ALLOCATIONS)}")
+        if self.size_budget is not None and (not isinstance(self.size_budget, int) or self.size_budget <= 0):
+            raise EdgefoldError(f"--size-budget must be a positive number of bytes (got {self.size_budget!r})")
+        if self.allocation == "sensitivity" and (self.uses_frequency or isinstance(self.build_method(), GroupMethod)):
+            raise EdgefoldError("ranks allocated by sensitivity work per module: not with frequency-aware "
+                                "embeddings (--no-frequency) nor with a cross-layer method")
 
     def build_method(self) -> Method | None:
         return get_method(self.method, self.method_options)
@@ -66,7 +89,8 @@ class CompressionConfig:
         """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text;
         data-aware methods need statistics of the model's activations on calibration text."""
         method = self.build_method()
-        return self.uses_frequency or self.method == "ae" or bool(method and method.needs)
+        return (self.uses_frequency or self.method == "ae" or bool(method and method.needs)
+                or self.allocation == "sensitivity")
 
 
 @dataclass
@@ -117,6 +141,8 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
         return _compress_groups(model, spec, config, method, selected, output_embeddings, progress)
     fitting = _Fitting(model, config, method, tokenizer, calibration, progress)
     fitting.collect_statistics(selected, spec)
+    if config.allocation == "sensitivity":
+        fitting.allocate_ranks(selected, spec)
     records = []
     for name, module, kinds in tqdm(selected, desc=f"{method.name} fit", unit="module", disable=not progress):
         records.append(fitting.compress_module(name, module, kinds, _dense_weight(module, spec, kinds)))
@@ -138,6 +164,8 @@ class _Fitting:
             self.tokenizer = tokenizer
             self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
         self.statistics: dict[str, dict[str, torch.Tensor]] = {}
+        self.allocated: dict[str, int | None] | None = None
+        self.sensitivities: dict[str, Sensitivity] = {}
 
     def collect_statistics(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
         """What the method needs of the Linears' activations, on the original model (before any swap) and the
@@ -146,6 +174,26 @@ class _Fitting:
         if self.method.needs and linears:
             self.statistics = collect_statistics(self.model, linears, self.method.needs, self.calibration.fit_texts,
                                                  self.tokenizer, self.config.seed, self.progress)
+
+    def allocate_ranks(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
+        """Measure each module's fidelity loss at a few ranks, then share the whole budget greedily."""
+        # Iterative methods would train once per candidate rank: truncated SVD measures for them.
+        proxy = TruncatedSVD() if self.method.iterative else self.method
+        scorer = ValidationScorer(self.model, self.calibration.validation_texts[:SENSITIVITY_TEXTS], self.tokenizer)
+        for name, module, kinds in tqdm(selected, desc="sensitivity", unit="module", disable=not self.progress):
+            weight = _dense_weight(module, spec, kinds)
+            context = FitContext(seed=self.config.seed, kind=kinds[0], **self.statistics.get(name, {}))
+            score = scorer.for_module(name, kinds[0], module)
+            self.sensitivities[name] = measure(name, *weight.shape, self.config.rank_multiple,
+                                               lambda rank: 1.0 - score(proxy.fit(weight, rank, context)))
+        self.allocated = allocate(list(self.sensitivities.values()), self._budget(selected))
+
+    def _budget(self, selected: list[tuple[str, nn.Module, tuple]]) -> float:
+        targeted = sum(s.dense_params for s in self.sensitivities.values())
+        if self.config.size_budget is None:
+            return targeted / self.config.ratio
+        untargeted = sum(p.numel() for p in self.model.parameters()) - targeted
+        return self.config.size_budget / FP32_BYTES - untargeted
 
     def compress_module(self, name: str, module: nn.Module, kinds: tuple[str, ...],
                         weight: torch.Tensor) -> ModuleRecord:
@@ -164,10 +212,10 @@ class _Fitting:
             counts = self.calibration.token_counts(self.tokenizer, rows)
             factors = fit_frequency_aware(weight, ratio, self.method, counts, context, multiple)
         else:
-            rank = plan_rank(rows, cols, ratio, self.method.extra_params(rows, cols, kinds[0]), multiple)
+            rank = self._rank(name, rows, cols, kinds[0], record)
             factors = None if rank is None else self.method.fit(weight, rank, context)
         if factors is None:
-            record.note = f"a factorisation would save nothing at ratio {ratio:g}"
+            record.note = record.note or f"a factorisation would save nothing at ratio {ratio:g}"
             return record
         replacement = low_rank_module(kinds[0], factors, module)
         self.model.set_submodule(name, replacement)
@@ -176,6 +224,18 @@ class _Fitting:
         record.rank, record.params_after, record.status = replacement.rank, factors.num_params, "factorised"
         record.fit.update(context.details)
         return record
+
+
+    def _rank(self, name: str, rows: int, cols: int, kind: str, record: ModuleRecord) -> int | None:
+        """The allocated rank where the budget is global, else the largest within the module's own 1/R."""
+        if self.allocated is None:
+            extra = self.method.extra_params(rows, cols, kind)
+            return plan_rank(rows, cols, self.config.ratio, extra, self.config.rank_multiple)
+        sensitivity = self.sensitivities[name]
+        record.fit["sensitivity"] = {"ranks": sensitivity.ranks, "fidelity_lost": sensitivity.losses}
+        if self.allocated[name] is None:
+            record.note = "kept dense by the global allocation"
+        return self.allocated[name]
 
 
 def _compress_groups(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: GroupMethod,

@@ -51,6 +51,9 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "ratio": config.ratio,
         "seed": config.seed,
         "rank_multiple": config.rank_multiple,
+        # uniform: every module keeps 1/ratio; sensitivity: one budget for all, ranks from measured fidelity loss
+        "allocation": config.allocation,
+        "size_budget": config.size_budget,
         "frequency_aware": config.uses_frequency,
         "method_options": config.method_options,
         "calibration": calibration,
@@ -107,6 +110,9 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
         f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
     ]
+    if manifest.get("allocation") == "sensitivity":
+        lines.append("  ranks allocated by sensitivity (module: rank, or dense):")
+        lines += [f"    {m['name']}: {m['rank'] or 'dense'}" for m in manifest["modules"]]
     optimization = manifest.get("optimization")
     if optimization and optimization["mode"] != "none":
         kept = optimization["chosen"]

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "attention-output, ffn-in, ffn-out (default: all)")
     export.add_argument("--ratio", type=_ratio, default=2.0,
                         help="compression factor R of the targeted weights: they keep 1/R of their parameters")
+    export.add_argument("--allocation", default="uniform",
+                        help="uniform (every module keeps 1/R) or sensitivity (1/R of all targeted weights "
+                             "together, ranks per module from measured fidelity loss on calibration text)")
+    export.add_argument("--size-budget", metavar="BYTES", type=int, default=None,
+                        help="instead of --ratio: the whole model's weights in at most BYTES (fp32), ranks "
+                             "allocated by sensitivity")
     export.add_argument("--calibration", metavar="FILE",
                         help="text (one item per line) for token frequencies and validation; default: the "
                              "general-English corpus shipped with edgefold")
@@ -174,7 +180,8 @@ def _run_export(args: argparse.Namespace) -> int:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed,
                                         frequency=args.frequency, calibration=args.calibration,
-                                        method_options=dict(args.method_option))
+                                        method_options=dict(args.method_option), allocation=args.allocation,
+                                        size_budget=args.size_budget)
     graph = exporter.GraphConfig(optimize=args.optimize, quantize=args.quantize, per_channel=args.per_channel,
                                  target=args.target, formats=tuple(f.strip() for f in args.formats.split(",")))
     atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol

@@ -33,3 +33,44 @@ def test_a_generous_budget_leaves_everything_dense():
 def test_a_budget_below_the_floors_is_refused():
     with pytest.raises(EdgefoldError, match="below what the targeted modules need at their smallest ranks"):
         allocate([_module("a", 1.0), _module("b", 1.0)], budget_params=10)
+
+
+def test_a_global_budget_exports_with_parity_and_stays_within_it(tiny_model, tmp_path):
+    from edgefold.exporter import CompressionConfig, GraphConfig, export
+
+    config = CompressionConfig(targets="attention,ffn", ratio=2, allocation="sensitivity")
+    manifest = export(str(tiny_model("bert-fill-mask")), tmp_path / "out", config, GraphConfig(optimize="none"),
+                      progress=False)
+    totals = manifest["totals"]
+    assert manifest["allocation"] == "sensitivity" and manifest["parity"]["max_abs_diff"] <= 1e-3
+    assert totals["targeted_params_after"] <= totals["targeted_params_before"] / 2
+    for module in manifest["modules"]:
+        sensitivity = module["fit"]["sensitivity"]
+        assert len(sensitivity["ranks"]) == len(sensitivity["fidelity_lost"]) > 1
+        assert module["rank"] is None or module["rank"] in sensitivity["ranks"]
+
+
+def test_a_size_budget_in_bytes_sets_the_whole_model_size(tiny_model, tmp_path):
+    from edgefold.exporter import CompressionConfig, GraphConfig, export
+
+    folder = tiny_model("distilbert-text-classification")
+    uniform = export(str(folder), tmp_path / "uniform", CompressionConfig(targets="attention,ffn"),
+                     GraphConfig(optimize="none"), progress=False)["totals"]
+    # the whole model's fp32 bytes with 40% of the targeted weights gone
+    budget = int((uniform["model_params_before"] - 0.4 * uniform["targeted_params_before"]) * 4)
+    manifest = export(str(folder), tmp_path / "out", CompressionConfig(targets="attention,ffn", size_budget=budget),
+                      GraphConfig(optimize="none"), progress=False)
+    assert manifest["allocation"] == "sensitivity" and manifest["totals"]["model_params_after"] * 4 <= budget
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(allocation="greedy"), "unknown allocation 'greedy'"),
+    (dict(size_budget=0), "--size-budget must be a positive number of bytes"),
+    (dict(allocation="sensitivity", frequency=True), "not with frequency-aware embeddings"),
+    (dict(allocation="sensitivity", method="svd-shared"), "nor with a cross-layer method"),
+])
+def test_bad_allocation_settings_are_refused(settings, message):
+    from edgefold.exporter import CompressionConfig
+
+    with pytest.raises(EdgefoldError, match=message):
+        CompressionConfig(**settings)

@@ -42,4 +42,4 @@ def get_method(name: str, options: dict[str, str] | None = None) -> Method | Non
 
 __all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
            "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "RowDecoder",
-           "get_method"]
+           "TruncatedSVD", "get_method"]

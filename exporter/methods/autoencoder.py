@@ -99,6 +99,7 @@ class _Autoencoder(nn.Module):
 
 class DirectionAwareAutoencoder(Method):
     name = "ae"
+    iterative = True
 
     def __init__(self, options: AutoencoderOptions | None = None):
         self.options = options or AutoencoderOptions()

@@ -187,6 +187,8 @@ class Method(ABC):
     #: Calibration statistics the method uses for Linears ("input_moments", "row_importance"); they are
     #: collected on the original model and passed through ``FitContext``.
     needs: frozenset[str] = frozenset()
+    #: Trained by gradient steps (slow to fit at many ranks); the global allocation measures with SVD instead.
+    iterative: ClassVar[bool] = False
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts
