@@ -84,7 +84,7 @@ def measure(folder: Path, reference: np.ndarray, texts: list[str]) -> dict:
     embeddings = sentence_embeddings(ExportedFolder.open(folder), texts)
     timing = bench(folder, BENCH, progress=False)["results"][0]["models"][folder.name]
     return {**quality(reference, embeddings), "recall_at_1": recall_at_1(embeddings),
-            "bytes": ExportedFolder.open(folder).bytes_on_disk(), "p50_ms": timing["latency_ms"]["p50"],
+            "bytes": sum(ExportedFolder.open(folder).bytes_on_disk().values()), "p50_ms": timing["latency_ms"]["p50"],
             "peak_rss_mb": timing["peak_rss_bytes"] / 2**20}
 
 

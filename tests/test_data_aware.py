@@ -149,10 +149,10 @@ def test_empty_calibration_file_is_one_clear_error(capsys, tiny_model, tmp_path)
 
 
 @pytest.mark.parametrize("method,options", NEW_LAYER_METHODS)
-def test_gpt2_exports_with_every_data_aware_method(method, options, tiny_model, tmp_path):
-    manifest = export(str(tiny_model("gpt2-text-generation")), tmp_path / "out",
-                      CompressionConfig(method=method, targets="attention,ffn", ratio=2, method_options=options),
-                      progress=False)
+def test_gpt2_exports_with_every_data_aware_method(method, options, tiny_model, small_calibration, tmp_path):
+    config = CompressionConfig(method=method, targets="attention,ffn", ratio=2, method_options=options,
+                               calibration=str(small_calibration))
+    manifest = export(str(tiny_model("gpt2-text-generation")), tmp_path / "out", config, progress=False)
     assert manifest["parity"]["max_abs_diff"] <= 1e-3
     assert all(m["status"] == "factorised" for m in manifest["modules"])
     ort_model_class("text-generation").from_pretrained(tmp_path / "out")
