@@ -47,12 +47,13 @@ def fused_ops(graph: onnx.ModelProto) -> dict[str, int]:
 
 
 def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inputs,
-             keep_embedding_gather: bool = False) -> dict:
+             quantize: str = "none") -> dict:
     """Replace ``onnx_path`` by its best optimised form (``mode`` auto) or by the one asked for.
 
     ``config``: the transformers config (heads, hidden size); ``inputs``: the verification batches and the
     unoptimised graph's outputs on them; a candidate farther than the parity tolerance is rejected.
-    ``keep_embedding_gather``: no EmbedLayerNormalization fusion, whose table the quantisers leave in fp32.
+    ``quantize``: the scheme that follows; fusions that hide weights from it are left out (EmbedLayerNormalization's
+    table is never quantised, and int4 cannot quantise the weights inside a fused Attention).
     Returns what was tried, measured and chosen, for the manifest.
     """
     batches = inputs.batches
@@ -60,7 +61,7 @@ def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inp
         return {"mode": "none", "chosen": "none"}
     candidates = {"none": onnx_path}
     report: dict[str, dict] = {"none": {"fused_ops": fused_ops(onnx.load(str(onnx_path), load_external_data=False))}}
-    for name, run in _optimisers(config, ort_model_type, keep_embedding_gather).items():
+    for name, run in _optimisers(config, ort_model_type, quantize).items():
         if mode not in ("auto", name):
             continue
         target = onnx_path.with_name(f".{name}.onnx")
@@ -81,20 +82,20 @@ def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inp
             "timing": f"median of {TIMING_ROUNDS} alternating runs, 1 thread, batch 1 x {TIMING_TOKENS} tokens"}
 
 
-def _optimisers(config, ort_model_type: str | None, keep_gather: bool) -> dict[str, Callable[[Path, Path], None]]:
+def _optimisers(config, ort_model_type: str | None, quantize: str) -> dict[str, Callable[[Path, Path], None]]:
     found = {"onnxscript": _onnxscript}
     if ort_model_type:
-        found["onnxruntime"] = lambda source, target: _onnxruntime(source, target, ort_model_type, config,
-                                                                   keep_gather)
+        found["onnxruntime"] = lambda source, target: _onnxruntime(source, target, ort_model_type, config, quantize)
     return found
 
 
-def _onnxruntime(source: Path, target: Path, model_type: str, config, keep_gather: bool) -> None:
+def _onnxruntime(source: Path, target: Path, model_type: str, config, quantize: str) -> None:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions(model_type)
-    options.enable_embed_layer_norm = not keep_gather
+    options.enable_embed_layer_norm = quantize == "none"
+    options.enable_attention = quantize != "int4"
     # opt_level 0: only the transformer fusions; the session applies onnxruntime's own passes at load anyway.
     optimized = optimize_model(str(source), model_type=model_type, num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size, optimization_options=options, opt_level=0)

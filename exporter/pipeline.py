@@ -75,7 +75,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
             step("optimize", f"optimising the graph ({graph.optimize}: fusions kept where measured faster)")
             done["optimization"] = optimize(onnx_path, graph.optimize, network.config,
                                             spec_for(source.config.model_type).ort_model_type, inputs,
-                                            keep_embedding_gather=graph.quantize != "none")
+                                            quantize=graph.quantize)
         if graph.quantize != "none":
             step("quantize", f"quantising to {graph.quantize}")
             done["quantization"] = quantize_graph(onnx_path, graph, inputs)
