@@ -134,17 +134,18 @@ def test_ctrl_c_in_the_middle_leaves_no_folder(tmp_path):
     for line in process.stderr:
         if "exporting to ONNX" in line:
             break
-    # On a loaded machine the first interrupt can land inside torch's tracer, which turns it into an error
-    # that the exporter's own fallbacks absorb; a user then presses Ctrl-C again, and so does this test.
-    for _ in range(3):
+    # An interrupt that lands inside torch's tracer can be absorbed by it (seen on a loaded machine), so this
+    # presses Ctrl-C again every 2 s, as a user would, until the export stops.
+    for _ in range(30):
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=2)
             break
         except subprocess.TimeoutExpired:
             continue
     rest = process.stderr.read()
-    assert process.wait(timeout=120) == 130, rest
+    # 130 from edgefold; a repeated Ctrl-C that lands while the interpreter shuts down ends it by the signal
+    assert process.wait(timeout=120) in (130, -signal.SIGINT), rest
     assert "interrupted; nothing was written" in rest
     assert list(tmp_path.iterdir()) == []
