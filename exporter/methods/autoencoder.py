@@ -14,7 +14,7 @@ output. The decoder is un-whitened afterwards (D S^-1, bias b S^-1): the same ra
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from edgefold.runtime import EdgefoldError
 
-from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method
+from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method, parse_options
 from .svd import svd_basis
 from .whitened import required, unwhiten, whitening
 
@@ -52,29 +52,12 @@ class AutoencoderOptions:
     @classmethod
     def parse(cls, options: dict[str, str]) -> AutoencoderOptions:
         """From NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for name, text in options.items():
-            if name not in known:
-                raise EdgefoldError(f"unknown option {name!r} of method ae; known: {', '.join(known)}")
-            values[name] = _convert(name, text, type(getattr(cls, name)))
-        parsed = cls(**values)
+        parsed = parse_options(cls, options, "ae")
         if parsed.activation not in ("linear", "elu"):
             raise EdgefoldError(f"activation must be linear or elu, not {parsed.activation!r}")
         if parsed.epochs < 0 or parsed.batch_size < 1 or parsed.validate_every < 1:
             raise EdgefoldError("epochs must be >= 0, batch_size and validate_every >= 1")
         return parsed
-
-
-def _convert(name: str, text: str, kind: type):
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise EdgefoldError(f"option {name} takes true or false, not {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    try:
-        return kind(text)
-    except ValueError:
-        raise EdgefoldError(f"option {name} takes a {kind.__name__}, not {text!r}") from None
 
 
 class _Autoencoder(nn.Module):

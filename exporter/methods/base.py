@@ -160,15 +160,24 @@ class GroupFit:
 
 def parse_options(cls: type, options: dict[str, str], method: str):
     """A dataclass of settings from NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-    from .autoencoder import _convert  # one converter for every method's options
-
-    known = {f.name for f in fields(cls)}
+    known = [f.name for f in fields(cls)]
     values = {}
     for name, text in options.items():
         if name not in known:
             raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
         values[name] = _convert(name, text, type(getattr(cls, name)))
     return cls(**values)
+
+
+def _convert(name: str, text: str, kind: type):
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise EdgefoldError(f"option {name} takes true or false, not {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    try:
+        return kind(text)
+    except ValueError:
+        raise EdgefoldError(f"option {name} takes a {kind.__name__}, not {text!r}") from None
 
 
 def shared_charges(own: list[int], shared: int) -> list[int]:

@@ -9,10 +9,12 @@ computed here. Embeddings: as ``svd`` (``--frequency`` weights their rows by tok
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .base import ROW_IMPORTANCE, FitContext, LowRankFactors, Method
-from .svd import TruncatedSVD, svd_basis
+from .svd import TruncatedSVD
 from .whitened import required
 
 #: Floor of a row's importance, relative to the mean: a row no calibration token moved still counts a little.
@@ -28,6 +30,5 @@ class FisherWeightedSVD(Method):
             return TruncatedSVD().fit(weight, rank, context)
         importance = required(context.row_importance, self.name, "row importance").double()
         importance = importance + IMPORTANCE_FLOOR * importance.mean().clamp_min(torch.finfo(torch.float64).tiny)
-        basis = svd_basis(weight.double() * importance.sqrt()[:, None], rank)  # rank x cols, orthonormal
-        left = weight.double() @ basis.T
-        return LowRankFactors(left.to(weight.dtype).contiguous(), basis.to(weight.dtype).contiguous())
+        # FWSVD is SVD with rows weighted: the basis of the weighted rows, every row projected onto it.
+        return TruncatedSVD().fit(weight, rank, replace(context, row_weights=importance))
