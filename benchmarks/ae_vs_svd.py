@@ -24,13 +24,18 @@ import numpy as np  # noqa: E402
 import transformers  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, export  # noqa: E402
-from edgefold.exporter.loading import resolve_model_path  # noqa: E402
-from edgefold.exporter.onnx_export import export_onnx  # noqa: E402
+from edgefold.exporter.methods import AutoencoderOptions  # noqa: E402
+from edgefold.exporter.onnx.export import export_onnx  # noqa: E402
+from edgefold.exporter.source.loading import resolve_model_path  # noqa: E402
 from edgefold.runtime.folder import ExportedFolder  # noqa: E402
-from edgefold.runtime.metrics import neighbour_agreement, row_cosines, spearman_of_similarities  # noqa: E402
+from edgefold.runtime.metrics import (  # noqa: E402
+    neighbour_agreement,
+    row_cosines,
+    spearman_of_similarities,
+)
 from edgefold.runtime.session import make_feed, open_session  # noqa: E402
-from edgefold.runtime.validate import sentence_embeddings  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402
+from edgefold.runtime.validate import sentence_embeddings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,7 +43,7 @@ VARIANTS = {  # frequency-awareness touches embeddings only, so the layer cases 
     "svd": dict(method="svd"),
     "svd, frequency-aware": dict(method="svd", frequency=True),
     "ae (paper: unweighted)": dict(method="ae", frequency=False),
-    "ae + row norms": dict(method="ae", frequency=False, method_options={"preserve_norms": "true"}),
+    "ae + row norms": dict(method="ae", frequency=False, options=AutoencoderOptions(preserve_norms=True)),
     "ae, frequency-aware (default)": dict(method="ae"),
 }
 LAYER_VARIANTS = ("svd", "ae (paper: unweighted)", "ae + row norms")

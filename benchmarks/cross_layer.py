@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, export  # noqa: E402
-from edgefold.exporter.loading import resolve_model_path  # noqa: E402
-from edgefold.exporter.onnx_export import export_onnx  # noqa: E402
+from edgefold.exporter.methods import parse_method_options  # noqa: E402
+from edgefold.exporter.onnx.export import export_onnx  # noqa: E402
+from edgefold.exporter.source.loading import resolve_model_path  # noqa: E402
 from edgefold.runtime.bench import BenchSettings, bench  # noqa: E402
 from edgefold.runtime.folder import ExportedFolder  # noqa: E402
 from edgefold.runtime.metrics import row_cosines  # noqa: E402
@@ -52,8 +53,9 @@ def measure(folder: Path, reference, texts: list[str]) -> dict:
 
 def _config(variant: str, ratio: float) -> CompressionConfig:
     method, _, options = variant.partition(":")
+    settings = dict(o.split("=", 1) for o in options.split(",") if o)
     return CompressionConfig(method=method, targets="attention,ffn", ratio=ratio,
-                             method_options=dict(o.split("=", 1) for o in options.split(",") if o))
+                             options=parse_method_options(method, settings))
 
 
 def run(methods: tuple[str, ...], ratios: tuple[float, ...], append: bool) -> dict:

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from ae_vs_svd import MODEL, RESULTS, quality  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, export  # noqa: E402
-from edgefold.exporter.loading import resolve_model_path  # noqa: E402
-from edgefold.exporter.methods import METHODS  # noqa: E402
+from edgefold.exporter.methods import METHODS, parse_method_options  # noqa: E402
+from edgefold.exporter.source.loading import resolve_model_path  # noqa: E402
 from edgefold.runtime.bench import BenchSettings, bench  # noqa: E402
 from edgefold.runtime.folder import ExportedFolder  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402
@@ -62,7 +62,8 @@ def uniform_variants() -> list[Variant]:
         for method in METHODS:
             for options in [{}, *METHOD_OPTIONS.get(method, [])]:
                 name = " ".join([method, *(f"{k}={v}" for k, v in options.items())])
-                config = CompressionConfig(method=method, targets=TARGETS, ratio=RATIOS[kept], method_options=options)
+                config = CompressionConfig(method=method, targets=TARGETS, ratio=RATIOS[kept],
+                                           options=parse_method_options(method, options))
                 variants.append(Variant(name, "uniform", kept, config))
     return sorted(variants, key=lambda v: v.config.method.startswith("ae"))  # stable: budgets stay in order
 

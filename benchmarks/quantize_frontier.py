@@ -22,7 +22,7 @@ import onnx  # noqa: E402
 from ae_vs_svd import MODEL, RESULTS, latencies, quality  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
-from edgefold.exporter.loading import resolve_model_path  # noqa: E402
+from edgefold.exporter.source.loading import resolve_model_path  # noqa: E402
 from edgefold.runtime.bench import BenchSettings, bench  # noqa: E402
 from edgefold.runtime.folder import ExportedFolder  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402

@@ -7,10 +7,11 @@
     export("path/to/model", "out", CompressionConfig(ratio=2), GraphConfig(quantize="int8", formats=("onnx", "ort")))
 """
 
-from .compress import CompressionConfig, ModuleRecord, compress_
-from .graph import GraphConfig
-from .methods import METHODS
-from .pipeline import DEFAULT_PARITY_ATOL, export
+from edgefold.exporter.compress import ModuleRecord, compress_
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.graph.config import GraphConfig
+from edgefold.exporter.methods import METHODS
+from edgefold.exporter.pipeline import DEFAULT_PARITY_ATOL, export
 
 __all__ = ["DEFAULT_PARITY_ATOL", "METHODS", "CompressionConfig", "GraphConfig", "ModuleRecord", "compress_",
            "export"]

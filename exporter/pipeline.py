@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -10,21 +11,33 @@ import onnx
 import torch
 from torch import nn
 
+from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.checks.manifest import build_manifest, write_manifest
+from edgefold.exporter.checks.verify import (
+    fidelity,
+    max_abs_difference,
+    max_text_length,
+    onnx_outputs,
+    tokenize,
+    torch_outputs,
+)
+from edgefold.exporter.compress import compress_
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.graph.config import (
+    GraphConfig,
+    GraphInputs,
+    convert_to_ort,
+    quantize_graph,
+)
+from edgefold.exporter.graph.optimize import optimize
+from edgefold.exporter.nn.layers import LowRankEmbedding
+from edgefold.exporter.onnx import decoding, passes
+from edgefold.exporter.onnx.export import export_onnx
+from edgefold.exporter.source.architectures import spec_for
+from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
+from edgefold.exporter.source.output import check_output_dir, staged_folder
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
-
-from . import decoding, passes
-from .calibration import Calibration
-from .architectures import spec_for
-from .compress import CompressionConfig, compress_
-from .graph import GraphConfig, GraphInputs, convert_to_ort, quantize_graph
-from .layers import LowRankEmbedding
-from .loading import inspect_model, load_model, load_tokenizer
-from .manifest import build_manifest, write_manifest
-from .onnx_export import export_onnx
-from .optimize import optimize
-from .output import check_output_dir, staged_output
-from .verify import fidelity, max_abs_difference, max_text_length, onnx_outputs, tokenize, torch_outputs
 
 #: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
 DEFAULT_PARITY_ATOL = 1e-3
@@ -43,6 +56,11 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     graph = graph or GraphConfig()
     config = graph.adapt(config or CompressionConfig())
     output_dir = Path(output_dir)
+    if not (isinstance(parity_atol, (int, float)) and 0 <= parity_atol < math.inf):
+        raise EdgefoldError(f"the parity tolerance must be a finite number of 0 or more (got {parity_atol!r})")
+    if config.calibration is not None and not config.needs_calibration:
+        raise EdgefoldError(f"--calibration is not used by method {config.method} here: it serves svd-whitened, "
+                            "svd-fisher, ae, --frequency and --allocation sensitivity")
     step = _Steps(progress, total=5 + len(graph.steps))
     source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
@@ -61,7 +79,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
-    with staged_output(output_dir) as staging:
+    with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
         onnx_path, files, shared = _write_graph(network, source.task, staging, tokenizer, records)
 

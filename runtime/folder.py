@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import EdgefoldError
-from .manifest import MANIFEST_NAME, read_manifest
+from .manifest import MANIFEST_NAME, read_json_object, read_manifest
 
 GRAPH = "model.onnx"
 EXTERNAL_DATA = ("model.onnx_data", "model.onnx.data")
@@ -38,8 +37,9 @@ class ExportedFolder:
             raise EdgefoldError(f"no such folder: {folder}")
         if not (path / GRAPH).is_file():
             raise EdgefoldError(f"{folder} holds no {GRAPH}: not an exported model folder")
-        config = _json(path / "config.json") if (path / "config.json").is_file() else {}
-        manifest = read_manifest(path) if (path / MANIFEST_NAME).is_file() else None
+        config_file = path / "config.json"
+        config = _check_config(read_json_object(config_file), config_file) if config_file.exists() else {}
+        manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() else None
         return cls(path, config, manifest)
 
     @property
@@ -88,7 +88,7 @@ class TextEncoder:
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # the tokenizers library raises a bare Exception for a bad file
-            raise EdgefoldError(f"cannot read {path}: {error}") from None
+            raise EdgefoldError(f"cannot read {path}: {' '.join(str(error).split())}") from error
         vocab = folder.config.get("vocab_size")
         if vocab and self.tokenizer.get_vocab_size() > vocab:
             raise EdgefoldError(f"the tokenizer in {folder.path} has {self.tokenizer.get_vocab_size()} tokens but "
@@ -110,16 +110,38 @@ class TextEncoder:
 def _pad_id(folder: ExportedFolder, tokenizer) -> int:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder.path / name
-        if path.is_file():
-            pad = _json(path).get("pad_token")
+        if path.exists():
+            pad = read_json_object(path).get("pad_token")
             pad = pad.get("content") if isinstance(pad, dict) else pad
+            if pad is not None and not isinstance(pad, str):
+                raise EdgefoldError(f'{path}: pad_token must be a string or {{"content": "..."}}, not {pad!r}')
             if pad and tokenizer.token_to_id(pad) is not None:
                 return tokenizer.token_to_id(pad)
     return folder.config.get("pad_token_id") or 0
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EdgefoldError(f"{path} is not valid JSON: {error}") from None
+# config.json keys the runtime reads, and what each must be when present (null is always allowed)
+_POSITIVE = ("max_position_embeddings", "n_positions", "vocab_size")
+
+
+def _check_config(config: dict, path: Path) -> dict:
+    def bad(key: str, what: str) -> EdgefoldError:
+        return EdgefoldError(f"{path}: {key} must be {what}, not {config[key]!r}")
+
+    for key in _POSITIVE:
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise bad(key, "a positive integer")
+    pad = config.get("pad_token_id")
+    if pad is not None and not (isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0):
+        raise bad("pad_token_id", "a token id")
+    if not isinstance(config.get("model_type", ""), (str, type(None))):
+        raise bad("model_type", "a string")
+    architectures = config.get("architectures")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise bad("architectures", "a list of class names")
+    labels = config.get("id2label")
+    if labels is not None and not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
+        raise bad("id2label", "an object of label names")
+    return config

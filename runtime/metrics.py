@@ -29,28 +29,37 @@ def cosine_matrix(a: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
-def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> float:
-    """Mean share of each item's k nearest neighbours (by cosine, itself excluded) that both models agree on."""
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> float | None:
+    """Mean share of each item's k nearest neighbours (by cosine, itself excluded) that both models agree on.
+
+    None for fewer than two items: nobody has a neighbour.
+    """
     k = min(k, len(reference) - 1)
-    overlaps = []
+    if k < 1:
+        return None
     top = []
     for embeddings in (reference, candidate):
         similarity = cosine_matrix(embeddings)
         np.fill_diagonal(similarity, -np.inf)
         top.append(np.argpartition(-similarity, k, axis=1)[:, :k])
-    for ref_row, cand_row in zip(*top):
-        overlaps.append(len(np.intersect1d(ref_row, cand_row)) / k)
-    return float(np.mean(overlaps))
+    return float(np.mean([len(np.intersect1d(r, c)) / k for r, c in zip(*top)]))
 
 
-def spearman_of_similarities(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Spearman correlation between the two models' pairwise cosine similarities (each pair once)."""
+def spearman_of_similarities(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Spearman correlation between the two models' pairwise cosine similarities (each pair once).
+
+    None where it is undefined: fewer than two pairs, or one model gives every pair the same similarity.
+    """
     upper = np.triu_indices(len(reference), k=1)
-    return float(np.corrcoef(_ranks(cosine_matrix(reference)[upper]), _ranks(cosine_matrix(candidate)[upper]))[0, 1])
+    a, b = _ranks(cosine_matrix(reference)[upper]), _ranks(cosine_matrix(candidate)[upper])
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    value = float(np.corrcoef(a, b)[0, 1])
+    return value if np.isfinite(value) else None
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    # ties are vanishingly rare in float similarities; ordinal ranks suffice
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
-    return ranks
+    """Ranks from 0, ties sharing their average rank."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts + 1) / 2)[inverse]

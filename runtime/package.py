@@ -16,34 +16,50 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import hashlib
 import io
+import lzma
 import os
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
 import zlib
 from importlib import metadata, resources
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from .errors import EdgefoldError
-from .folder import ExportedFolder
+from .folder import GRAPH, ExportedFolder
 
 REQUIREMENTS = "requirements.txt"
 WHEELS = "wheels"
 #: What the device installs besides edgefold: the runtime's own dependencies, pinned to this machine's versions.
 PINNED = ("onnxruntime", "numpy", "tokenizers")
 _MTIME = 315532800  # 1980-01-01, the date a wheel's entries get too: members do not depend on when they were packed
+#: What unpack lets an archive expand to by default (the sum of its files' sizes, and its number of members).
+MAX_BYTES = 64 << 30
+MAX_MEMBERS = 100_000
+_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+_METADATA = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
+_MAX_METADATA = 1 << 20
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> dict:
-    """Write ``archive`` (tar.gz) with the model folder, pinned requirements and an edgefold wheel."""
+    """Write ``archive`` (tar.gz) with the model folder, pinned requirements and an edgefold wheel.
+
+    Every entry of the folder goes through the checks ``unpack`` applies, so an archive pack writes is one that
+    unpack takes."""
     model = ExportedFolder.open(folder)
     archive = Path(archive)
-    if archive.exists() and not overwrite:
+    if model.name in (REQUIREMENTS, WHEELS):
+        raise EdgefoldError(f"cannot pack {folder}: the archive reserves the name {model.name!r}; rename the folder")
+    if archive.is_dir():
+        raise EdgefoldError(f"{archive} is a folder; give the archive's file name")
+    if os.path.lexists(archive) and not overwrite:
         raise EdgefoldError(f"{archive} exists; pass --overwrite to replace it")
     if not archive.absolute().parent.is_dir():
         raise EdgefoldError(f"no such folder: {archive.absolute().parent}")
@@ -51,36 +67,85 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
         raise EdgefoldError(f"{archive} would lie inside the folder it packs")
     wheel_name, wheel = runtime_wheel()
     requirements = requirements_text(f"./{WHEELS}/{wheel_name}")
-    files = sorted(p for p in model.path.rglob("*") if p.is_file())
-    with _atomic(archive) as tmp, tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, REQUIREMENTS, io.BytesIO(requirements.encode()), len(requirements.encode()))
-        _add(tar, f"{WHEELS}/{wheel_name}", io.BytesIO(wheel), len(wheel))
-        for path in files:
+    installer = {_file_info(REQUIREMENTS, len(requirements.encode())): requirements.encode(),
+                 _file_info(f"{WHEELS}/{wheel_name}", len(wheel)): wheel}
+    with _failing(f"cannot pack {folder}"):
+        entries = _folder_members(model)
+    _check_members([*installer, *(info for info, _ in entries)], f"cannot pack {folder}")
+    with (_failing(f"cannot pack {folder} into {archive}"), _atomic(archive) as tmp,
+          tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar):
+        for info, data in installer.items():
+            tar.addfile(info, io.BytesIO(data))
+        for info, path in entries:
+            if info.isdir():
+                tar.addfile(info)
+                continue
             with open(path, "rb") as stream:  # streamed: external weights can be gigabytes
-                _add(tar, f"{model.name}/{path.relative_to(model.path).as_posix()}", stream, path.stat().st_size)
-    return {"archive": str(archive), "model": model.name, "files": len(files), "wheel": wheel_name,
-            "requirements": requirements.splitlines(), "bytes": archive.stat().st_size}
+                tar.addfile(info, stream)
+    return {"archive": str(archive), "model": model.name, "files": sum(info.isfile() for info, _ in entries),
+            "wheel": wheel_name, "requirements": requirements.splitlines(), "bytes": archive.stat().st_size}
 
 
-def unpack(archive: str | Path, destination: str | Path) -> Path:
-    """Write the archive's model folder to ``destination`` (which must not exist), after checking every member."""
+def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX_BYTES,
+           max_members: int = MAX_MEMBERS) -> Path:
+    """Write the archive's model folder to ``destination`` (which must not exist), after checking every member.
+
+    The whole archive is read (and its compression's checksums checked) before anything is written, and nothing
+    is left behind on failure. ``max_bytes`` and ``max_members`` cap what the archive may expand to."""
     archive, destination = Path(archive), Path(destination)
     if not archive.is_file():
         raise EdgefoldError(f"no such archive: {archive}")
-    if destination.exists():
+    if os.path.lexists(destination):
         raise EdgefoldError(f"{destination} exists; unpack writes a new folder")
     if not destination.absolute().parent.is_dir():
         raise EdgefoldError(f"no such folder: {destination.absolute().parent}")
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            model = _check_members(members)
-            with _atomic_folder(destination) as staging:
-                for member in members:
-                    _extract(tar, member, model, staging)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise EdgefoldError(f"cannot read {archive}: {error}") from None
+    with _failing(f"cannot read {archive}"), _open(archive) as tar:
+        members = _read_to_end(tar, f"refusing {archive}", max_members)
+    model = _check_members(members, f"refusing {archive}", max_bytes, max_members)
+    with (_failing(f"cannot unpack {archive} into {destination}"), _open(archive) as tar,
+          _atomic_folder(destination) as staging):
+        for member in members:
+            _extract(tar, member, model, staging)
     return destination
+
+
+def _open(archive: Path) -> tarfile.TarFile:
+    # The compression comes from the first bytes: "r:*" would try each in turn and report all their failures.
+    with open(archive, "rb") as stream:
+        head = stream.read(6)
+    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), "")
+    return tarfile.open(archive, f"r:{kind}", tarinfo=_StrictHeader)
+
+
+class _StrictHeader(tarfile.TarInfo):
+    """tarfile takes a damaged header, or none (a truncated archive), for the end of the archive and stops
+    quietly; here that is an error. Metadata headers (long names, pax records) are read into memory: capped."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        try:
+            info = super().frombuf(buf, encoding, errors)
+        except tarfile.EOFHeaderError:
+            raise  # an all-zero block: the end-of-archive marker
+        except tarfile.HeaderError as error:
+            raise tarfile.ReadError(f"damaged or truncated ({error})") from None
+        if info.type in _METADATA and info.size > _MAX_METADATA:
+            raise tarfile.ReadError(f"a metadata header of {info.size} bytes (more than {_MAX_METADATA})")
+        return info
+
+
+def _read_to_end(tar: tarfile.TarFile, refusing: str, max_members: int) -> list[tarfile.TarInfo]:
+    """Every member's header, then the rest of the stream: gzip, xz and bz2 check their CRCs and lengths only
+    once read to the end, and after the end-of-archive marker there must be nothing but zeros."""
+    members = []
+    for member in tar:
+        members.append(member)
+        if len(members) > max_members:
+            raise EdgefoldError(f"{refusing}: more than {max_members} members, the limit (max_members)")
+    while chunk := tar.fileobj.read(1 << 20):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError("damaged: data after the end-of-archive marker")
+    return members
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, model: str, staging: Path) -> None:
@@ -93,28 +158,122 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, model: str, staging:
         target.mkdir(parents=True, exist_ok=True)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tar.extractfile(member) as source, open(target, "xb") as sink:  # "x": a duplicate member fails
-        shutil.copyfileobj(source, sink)
+    written = 0
+    with tar.extractfile(member) as source, open(target, "xb") as sink:
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > member.size:
+                break
+            sink.write(chunk)
+    if written != member.size:
+        raise EdgefoldError(f"refusing the archive: member {member.name!r} holds other than the {member.size} "
+                            "bytes its header says")
 
 
-def _check_members(members: list[tarfile.TarInfo]) -> str:
-    """The model folder's name, once every member is a plain file or folder that stays inside the destination."""
-    models = set()
+def _check_members(members: list[tarfile.TarInfo], refusing: str, max_bytes: int = MAX_BYTES,
+                   max_members: int = MAX_MEMBERS) -> str:
+    """The model folder's name, once every member is a plain file or folder with a sane name that stays inside
+    the destination, no path is there twice, and the whole stays under the limits. ``pack`` and ``unpack``
+    share it: ``refusing`` starts each message."""
+    if len(members) > max_members:
+        raise EdgefoldError(f"{refusing}: {len(members)} members, more than the limit of {max_members} (max_members)")
+    total = sum(member.size for member in members if member.isfile())
+    if total > max_bytes:
+        raise EdgefoldError(f"{refusing}: its files hold {total} bytes, more than the limit of {max_bytes} "
+                            "(max_bytes)")
+    files, folders, models = set(), set(), set()
     for member in members:
-        name, path = member.name, PurePosixPath(member.name)
-        if member.issym() or member.islnk():
-            raise EdgefoldError(f"refusing the archive: member {name!r} is a link (to {member.linkname!r})")
-        if not (member.isfile() or member.isdir()):
-            raise EdgefoldError(f"refusing the archive: member {name!r} is a device or special file")
-        if path.is_absolute() or name.startswith("\\") or (path.parts and ":" in path.parts[0]):
-            raise EdgefoldError(f"refusing the archive: member {name!r} has an absolute path")
-        if ".." in path.parts or "\\" in name:
-            raise EdgefoldError(f"refusing the archive: member {name!r} would land outside the destination")
-        if path.parts and path.parts[0] not in (REQUIREMENTS, WHEELS):
-            models.add(path.parts[0])
-    if len(models) != 1 or not any(PurePosixPath(m.name).parts[1:] == ("model.onnx",) for m in members):
-        raise EdgefoldError("not an edgefold archive: it must hold one model folder with a model.onnx in it")
+        path = PurePosixPath(*_member_parts(member, refusing))
+        if not path.parts:
+            continue  # "." itself
+        top = path.parts[0]
+        if (top == REQUIREMENTS and (len(path.parts) > 1 or member.isdir())
+                or top == WHEELS and len(path.parts) == 1 and not member.isdir()):
+            raise EdgefoldError(f"{refusing}: member {member.name!r} misuses a name the archive reserves")
+        if member.isdir():
+            folders.add(path)
+        elif path in files:
+            raise EdgefoldError(f"{refusing}: member {member.name!r} is there twice")
+        else:
+            files.add(path)
+        folders.update(path.parents)
+        if top not in (REQUIREMENTS, WHEELS):
+            models.add(top)
+    if files & folders:
+        raise EdgefoldError(f"{refusing}: {min(files & folders).as_posix()!r} is both a file and a folder")
+    if len(models) != 1 or PurePosixPath(next(iter(models)), GRAPH) not in files:
+        raise EdgefoldError(f"{refusing}: not an edgefold archive: it must hold one model folder with a "
+                            f"{GRAPH} in it")
     return models.pop()
+
+
+def _member_parts(member: tarfile.TarInfo, refusing: str) -> tuple[str, ...]:
+    """The parts of a member's path, or an error if unpack would refuse the member."""
+    name, path = member.name, PurePosixPath(member.name)
+    problem = None
+    if member.issym() or member.islnk():
+        problem = f"is a link (to {member.linkname!r})"
+    elif member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+        problem = "is a device or special file"
+    elif _CONTROL.search(name) or not _utf8(name):
+        problem = "has a control character or invalid UTF-8 in its name"
+    elif path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        problem = "has an absolute path"
+    elif ".." in path.parts or "\\" in name:
+        problem = "would land outside the destination"
+    elif any(len(part.encode()) > 255 for part in path.parts):
+        problem = "has a name longer than 255 bytes"
+    elif not path.parts and not member.isdir():
+        problem = "is a file without a name"
+    if problem:
+        raise EdgefoldError(f"{refusing}: member {name!r} {problem}")
+    return path.parts
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that is not UTF-8, kept by the surrogateescape error handler
+        return False
+    return True
+
+
+def _folder_members(model: ExportedFolder) -> list[tuple[tarfile.TarInfo, Path]]:
+    """Every entry below the folder as the member pack would write: links and special files too, so that the
+    checks refuse them rather than pack silently following or dropping them."""
+    entries = []
+    for path in _walk(model.path):
+        mode = path.lstat().st_mode
+        info = _file_info(f"{model.name}/{path.relative_to(model.path).as_posix()}", path.lstat().st_size)
+        if stat.S_ISDIR(mode):
+            info.type, info.mode, info.size = tarfile.DIRTYPE, 0o755, 0
+        elif stat.S_ISLNK(mode):
+            info.type, info.linkname, info.size = tarfile.SYMTYPE, os.readlink(path), 0
+        elif not stat.S_ISREG(mode):
+            info.type, info.size = tarfile.FIFOTYPE, 0  # a fifo, socket or device: all refused alike
+        entries.append((info, path))
+    return entries
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every path below ``folder``, sorted, without following links; unlike rglob, errors are not swallowed."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    paths = []
+    for entry in entries:
+        paths.append(Path(entry.path))
+        if entry.is_dir(follow_symlinks=False):
+            paths.extend(_walk(Path(entry.path)))
+    return paths
+
+
+@contextlib.contextmanager
+def _failing(what: str):
+    """A damaged archive (each decompressor has its own errors) or a failed read or write, as one line."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
+        raise EdgefoldError(f"{what}: {' '.join(str(error).split()) or type(error).__name__}") from None
 
 
 def requirements_text(wheel: str) -> str:
@@ -157,33 +316,34 @@ def _digest(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def _add(tar: tarfile.TarFile, name: str, stream: BinaryIO, size: int) -> None:
-    """A plain file member, whatever the source was (a link is packed as the file it points to)."""
+def _file_info(name: str, size: int) -> tarfile.TarInfo:
+    """A plain file member, dated like a wheel's entries: members do not depend on when they were packed."""
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, _MTIME
-    tar.addfile(info, stream)
+    return info
 
 
 @contextlib.contextmanager
 def _atomic(path: Path):
-    """A temporary file beside ``path``, renamed onto it only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.absolute().parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the archive from other users
+    """A temporary file beside ``path``, renamed onto it only if the block succeeds (whatever else happens,
+    Ctrl-C included, it is removed)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent)
     try:
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the archive from other users
         yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
 @contextlib.contextmanager
 def _atomic_folder(path: Path):
-    """A staging folder beside ``path``, renamed onto it only if the block succeeds."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.absolute().parent))
+    """A staging folder beside ``path``, renamed onto it only if the block succeeds (else removed)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent))
     try:
         yield staging
         staging.rename(path)

@@ -24,10 +24,15 @@ def open_session(model_path: str | Path, threads: int | None = None, spinning: b
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return create_session(model_path, options)
+
+
+def create_session(model_path: str | Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """``ort.InferenceSession`` on the CPU; a file onnxruntime cannot load is one line naming it."""
     try:
         return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated types for a bad file
-        raise EdgefoldError(f"onnxruntime cannot load {model_path}: {error}") from error
+        raise EdgefoldError(f"onnxruntime cannot load {model_path}: {' '.join(str(error).split())}") from error
 
 
 def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import operator
 import re
 import time
@@ -10,10 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import EvalData
+from .dataset import EvalData, check_data
 from .errors import EdgefoldError
 from .folder import ExportedFolder
-from .metrics import mean_pool, neighbour_agreement, row_cosines, spearman_of_similarities
+from .manifest import read_json
+from .metrics import (
+    mean_pool,
+    neighbour_agreement,
+    row_cosines,
+    spearman_of_similarities,
+)
 from .session import make_feed, open_session
 from .system import machine_context
 
@@ -27,49 +33,109 @@ DEFAULT_GATES = {
     "fill-mask": ["perplexity_ratio<=1.05"],
     "text-generation": ["perplexity_ratio<=1.05"],
 }
-_GATE = re.compile(r"^\s*([a-z0-9_@]+)\s*(>=|<=)\s*(-?[0-9.eE+-]+)\s*$")
+_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_GATE = re.compile(rf"\s*([a-z0-9_@]+)\s*(>=|<=)\s*({_NUMBER})\s*", re.ASCII)
 _OPS = {">=": operator.ge, "<=": operator.le}
 _BATCH = 32
+# every metric a task can report, and what the data needs for it (None: nothing)
+_METRICS_BY_TASK = {
+    "feature-extraction": [(("mean_cosine", "min_cosine"), None), (("top10_agreement", "spearman"), "items"),
+                           (("recall_at_1_reference", "mrr_reference", "recall_at_1_candidate", "mrr_candidate",
+                             "recall_at_1_drop"), "pairs")],
+    "text-classification": [(("label_agreement",), None),
+                            (("accuracy_reference", "macro_f1_reference", "accuracy_candidate", "macro_f1_candidate",
+                              "accuracy_drop"), "labels")],
+    "fill-mask": [(("perplexity_reference", "perplexity_candidate", "perplexity_ratio"), None)],
+    "text-generation": [(("perplexity_reference", "perplexity_candidate", "perplexity_ratio"), None)],
+}
+_NEEDS = {"items": "at least 3 items", "labels": "a label column", "pairs": "query and positive columns"}
+
+Gate = tuple[str, str, float]
 
 
-def parse_gate(text: str) -> tuple[str, str, float]:
-    match = _GATE.match(text)
+def parse_gate(text: str) -> Gate:
+    match = _GATE.fullmatch(text) if isinstance(text, str) else None
     if not match:
-        raise EdgefoldError(f"a gate reads METRIC>=VALUE or METRIC<=VALUE, not {text!r}")
-    return match[1], match[2], float(match[3])
+        raise EdgefoldError(f"a gate reads METRIC>=VALUE or METRIC<=VALUE (e.g. mean_cosine>=0.98), not {text!r}")
+    value = float(match[3])
+    if not math.isfinite(value):
+        raise EdgefoldError(f"the threshold of the gate {text!r} is not a finite number")
+    return match[1], match[2], value
 
 
-def load_gates(flags: list[str], candidate: ExportedFolder, gate_file: str | None, task: str) -> list[str]:
+def metric_names(task: str, data: EvalData) -> list[str]:
+    """The metrics ``validate`` reports for ``task`` on ``data``: what a gate may name."""
+    have = {None, *(["items"] if len(data.texts) >= 3 else []), *(["labels"] if data.labels is not None else []),
+            *(["pairs"] if data.pairs else [])}
+    return [name for names, need in _METRICS_BY_TASK[task] if need in have for name in names]
+
+
+def load_gates(flags: list[str], candidate: ExportedFolder, gate_file: str | Path | None, task: str) -> list[str]:
     """Gates from flags, else from a gate file (given, or ``edgefold-gates.json`` in the candidate), else defaults."""
     if flags:
-        return flags
-    path = Path(gate_file) if gate_file else candidate.path / GATE_FILE
-    if gate_file and not path.is_file():
+        return list(flags)
+    path = Path(gate_file) if gate_file is not None else candidate.path / GATE_FILE
+    if gate_file is not None and not path.is_file():
         raise EdgefoldError(f"gate file not found: {gate_file}")
-    if path.is_file():
-        try:
-            gates = json.loads(path.read_text(encoding="utf-8"))["gates"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise EdgefoldError(f'{path} must be JSON like {{"gates": ["mean_cosine>=0.98"]}}') from None
-        return list(gates)
-    return DEFAULT_GATES[task]
+    if not path.exists():
+        return DEFAULT_GATES[task]
+    content = read_json(path)
+    gates = content.get("gates") if isinstance(content, dict) else None
+    if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
+        raise EdgefoldError(f'{path} must be JSON like {{"gates": ["mean_cosine>=0.98"]}}')
+    if not gates:
+        raise EdgefoldError(f"{path} lists no gates: with none, any model would pass")
+    return gates
+
+
+def check_inputs(candidate: str | Path, data: EvalData, gates: list[str] | None = None,
+                 gate_file: str | Path | None = None) -> list[Gate]:
+    """Refuse what can be refused without running a model: the candidate folder, the data, the gates.
+
+    ``validate`` calls it first; call it yourself before work that comes earlier (exporting a reference).
+    Returns the gates as (metric, operator, threshold).
+    """
+    return _check_inputs(ExportedFolder.open(candidate), data, gates, gate_file)
+
+
+def _check_inputs(cand: ExportedFolder, data: EvalData, gates: list[str] | None,
+                  gate_file: str | Path | None) -> list[Gate]:
+    task = cand.task
+    check_data(data, task)
+    checks = [parse_gate(g) for g in load_gates(gates or [], cand, gate_file, task)]
+    available = metric_names(task, data)
+    for name, _, _ in checks:
+        if name in available:
+            continue
+        need = next((need for names, need in _METRICS_BY_TASK[task] if name in names), None)
+        if need:
+            raise EdgefoldError(f"the gate on {name} needs {_NEEDS[need]} in the data")
+        raise EdgefoldError(f"no metric {name} for {task}; there are: {', '.join(available)}")
+    return checks
 
 
 def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates: list[str] | None = None,
-             gate_file: str | None = None) -> dict:
-    """Run both models on ``data``; the report says which gates fail (``passed`` False if any)."""
+             gate_file: str | Path | None = None) -> dict:
+    """Run both models on ``data``; the report says which gates fail (``passed`` False if any).
+
+    A metric that is undefined on this data or non-finite (a broken model's NaN outputs) is reported as None
+    and fails any gate on it.
+    """
     cand, ref = ExportedFolder.open(candidate), ExportedFolder.open(reference)
     if cand.task != ref.task:
         raise EdgefoldError(f"the candidate is a {cand.task} model but the reference a {ref.task} model")
     task = cand.task
-    checks = [parse_gate(g) for g in load_gates(gates or [], cand, gate_file, task)]
+    checks = _check_inputs(cand, data, gates, gate_file)
+    if task == "text-classification":
+        _check_labels(cand, ref, data)
+    models = [_Model(ref), _Model(cand)]  # tokenizers first: they are cheaper to refuse than sessions
+    for model in models:
+        model.open()
     start = time.perf_counter()
-    metrics = _METRICS[task](cand, ref, data)
-    unknown = [name for name, _, _ in checks if name not in metrics]
-    if unknown:
-        raise EdgefoldError(f"no metric {', '.join(unknown)} for {task}; there are: {', '.join(metrics)}")
-    results = [{"metric": name, "op": op, "threshold": value, "value": metrics[name],
-                "passed": bool(_OPS[op](metrics[name], value))} for name, op, value in checks]
+    metrics = {name: _finite(value) for name, value in _METRICS[task](models[1], models[0], data).items()}
+    results = [{"metric": name, "op": op, "threshold": value, "value": metrics.get(name),
+                "passed": metrics.get(name) is not None and bool(_OPS[op](metrics[name], value))}
+               for name, op, value in checks]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -81,41 +147,81 @@ def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates
     }
 
 
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _check_labels(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> None:
+    names, ref_names = cand.config.get("id2label"), ref.config.get("id2label")
+    if names and ref_names and names != ref_names:
+        raise EdgefoldError(f"the candidate's labels ({', '.join(names.values())}) are not the reference's "
+                            f"({', '.join(ref_names.values())})")
+    if names and data.labels is not None:
+        unknown = sorted(set(data.labels) - set(names.values()))
+        if unknown:
+            raise EdgefoldError(f"{data.source} has label(s) {', '.join(map(repr, unknown[:5]))} the model does "
+                                f"not know; its labels are: {', '.join(names.values())}")
+
+
 def failures(report: dict) -> list[str]:
-    return [f"{g['metric']} = {g['value']:.4f}, needs {g['op']} {g['threshold']:g}" for g in report["gates"]
-            if not g["passed"]]
+    return [f"{g['metric']} = {g['value']:.4f}, needs {g['op']} {g['threshold']:g}" if g["value"] is not None
+            else f"{g['metric']} is undefined on this data, needs {g['op']} {g['threshold']:g}"
+            for g in report["gates"] if not g["passed"]]
 
 
-def _outputs(model: ExportedFolder, texts: list[str]) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+class _Model:
+    """A folder ready for inference: tokenizer on construction, session (and what it must offer) on ``open``."""
+
+    def __init__(self, folder: ExportedFolder):
+        self.folder, self.encoder = folder, folder.encoder()
+        self.length = min(128, folder.max_positions or 128)
+        self.mask_id = None
+        if folder.task == "fill-mask":
+            self.mask_id = next((i for token in ("[MASK]", "<mask>")
+                                 if (i := self.encoder.tokenizer.token_to_id(token)) is not None), None)
+            if self.mask_id is None:
+                raise EdgefoldError(f"the tokenizer of {folder.path} has no mask token")
+
+    def open(self) -> _Model:
+        self.session = open_session(self.folder.graph)
+        make_feed(self.session, np.zeros((1, 1), np.int64), np.ones((1, 1), np.int64))  # refuses unknown inputs
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.folder.task in ("fill-mask", "text-generation") and "logits" not in outputs:
+            raise EdgefoldError(f"{self.folder.graph} has no logits output (it has: {', '.join(outputs)})")
+        return self
+
+
+def _outputs(model: _Model, texts: list[str]) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """The first output for every batch of texts, and the batches (ids, mask) fed."""
-    session, encoder = open_session(model.graph), model.encoder()
-    length = min(128, model.max_positions or 128)
-    first = session.get_outputs()[0].name
+    first = model.session.get_outputs()[0].name
     outputs, batches = [], []
     for start in range(0, len(texts), _BATCH):
-        ids, mask = encoder.encode(texts[start:start + _BATCH], max_length=length)
-        outputs.append(session.run([first], make_feed(session, ids, mask))[0])
+        ids, mask = model.encoder.encode(texts[start:start + _BATCH], max_length=model.length)
+        outputs.append(model.session.run([first], make_feed(model.session, ids, mask))[0])
         batches.append((ids, mask))
     return outputs, batches
 
 
 def sentence_embeddings(model: ExportedFolder, texts: list[str]) -> np.ndarray:
     """Mean-pooled last hidden states of ``texts`` (128 tokens at most), from the folder's own graph."""
+    return _embeddings(_Model(model).open(), texts)
+
+
+def _embeddings(model: _Model, texts: list[str]) -> np.ndarray:
     outputs, batches = _outputs(model, texts)
     return np.concatenate([mean_pool(out, mask) for out, (_, mask) in zip(outputs, batches)])
 
 
-def _feature_extraction(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> dict:
-    a, b = sentence_embeddings(ref, data.texts), sentence_embeddings(cand, data.texts)
+def _feature_extraction(cand: _Model, ref: _Model, data: EvalData) -> dict:
+    a, b = _embeddings(ref, data.texts), _embeddings(cand, data.texts)
     cosines = row_cosines(a, b)
     metrics = {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min())}
     if len(a) >= 3:  # neighbours and a rank correlation need a few items
         metrics.update(top10_agreement=neighbour_agreement(a, b, 10), spearman=spearman_of_similarities(a, b))
     if data.pairs:
-        queries, positives = zip(*data.pairs)
+        queries, positives = (list(side) for side in zip(*data.pairs))
         for side, model in (("reference", ref), ("candidate", cand)):
-            ranks = _retrieval_ranks(sentence_embeddings(model, list(queries)),
-                                     sentence_embeddings(model, list(positives)))
+            ranks = _retrieval_ranks(_embeddings(model, queries), _embeddings(model, positives))
             metrics[f"recall_at_1_{side}"] = float((ranks == 0).mean())
             metrics[f"mrr_{side}"] = float((1 / (ranks + 1)).mean())
         metrics["recall_at_1_drop"] = metrics["recall_at_1_reference"] - metrics["recall_at_1_candidate"]
@@ -123,18 +229,19 @@ def _feature_extraction(cand: ExportedFolder, ref: ExportedFolder, data: EvalDat
 
 
 def _retrieval_ranks(queries: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    unit_q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    unit_p = positives / np.linalg.norm(positives, axis=1, keepdims=True)
-    scores = unit_q @ unit_p.T
+    def unit(rows: np.ndarray) -> np.ndarray:
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    scores = unit(queries) @ unit(positives).T
     return (scores > np.diag(scores)[:, None]).sum(axis=1)
 
 
-def _classification(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> dict:
+def _classification(cand: _Model, ref: _Model, data: EvalData) -> dict:
     ref_labels = np.concatenate(_outputs(ref, data.texts)[0]).argmax(-1)
     cand_labels = np.concatenate(_outputs(cand, data.texts)[0]).argmax(-1)
     metrics = {"label_agreement": float((ref_labels == cand_labels).mean())}
     if data.labels:
-        names = cand.config.get("id2label") or {}
+        names = cand.folder.config.get("id2label") or {}
         truth = np.array(data.labels)
         for side, predicted in (("reference", ref_labels), ("candidate", cand_labels)):
             predicted = np.array([str(names.get(str(p), p)) for p in predicted])
@@ -154,26 +261,26 @@ def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def _language_model(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> dict:
-    a, b = _perplexity(ref, data.texts), _perplexity(cand, data.texts)
-    return {"perplexity_reference": a, "perplexity_candidate": b, "perplexity_ratio": b / a}
+def _language_model(cand: _Model, ref: _Model, data: EvalData) -> dict:
+    a, b = _finite(_perplexity(ref, data.texts)), _finite(_perplexity(cand, data.texts))
+    return {"perplexity_reference": a, "perplexity_candidate": b,
+            "perplexity_ratio": None if a is None or b is None else b / a}
 
 
-def _perplexity(model: ExportedFolder, texts: list[str]) -> float:
-    """Causal LMs: next-token perplexity. Masked LMs: every 7th real token masked, perplexity of the originals."""
-    session, encoder = open_session(model.graph), model.encoder()
-    length = min(128, model.max_positions or 128)
-    mask_id = encoder.tokenizer.token_to_id("[MASK]") or encoder.tokenizer.token_to_id("<mask>")
-    if model.task == "fill-mask" and mask_id is None:
-        raise EdgefoldError(f"the tokenizer of {model.path} has no mask token")
+def _perplexity(model: _Model, texts: list[str]) -> float | None:
+    """Causal LMs: next-token perplexity. Masked LMs: every 7th real token masked, perplexity of the originals.
+
+    None when no token was scored (texts too short); inf when it overflows.
+    """
+    session = model.session
     total, count = 0.0, 0
     for start in range(0, len(texts), _BATCH):
-        ids, mask = encoder.encode(texts[start:start + _BATCH], max_length=length)
-        if model.task == "fill-mask":
+        ids, mask = model.encoder.encode(texts[start:start + _BATCH], max_length=model.length)
+        if model.mask_id is not None:
             position = np.arange(ids.shape[1])[None, :]
             inside = (position >= 1) & (position < mask.sum(axis=1, keepdims=True) - 1)  # not [CLS] / [SEP]
             chosen = inside & (position % 7 == 1)
-            feed_ids = np.where(chosen, mask_id, ids)
+            feed_ids = np.where(chosen, model.mask_id, ids)
             logits = session.run(["logits"], make_feed(session, feed_ids, mask))[0]
             targets, where = ids, chosen
         else:
@@ -184,7 +291,10 @@ def _perplexity(model: ExportedFolder, texts: list[str]) -> float:
         picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
         total -= float(picked[where].sum())
         count += int(where.sum())
-    return float(np.exp(total / max(count, 1)))
+    if count == 0:
+        return None
+    with np.errstate(over="ignore"):
+        return float(np.exp(total / count))
 
 
 _METRICS = {"feature-extraction": _feature_extraction, "text-classification": _classification,

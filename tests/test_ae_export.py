@@ -11,10 +11,10 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, export
-from edgefold.exporter.calibration import Calibration, row_weights
-from edgefold.exporter.frequency import fit_frequency_aware
+from edgefold.exporter.calibration.corpus import Calibration, row_weights
 from edgefold.exporter.methods import FitContext, get_method
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.methods.frequency import fit_frequency_aware
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.cli import main
 
 FAST = {"epochs": "2", "validate_every": "1"}

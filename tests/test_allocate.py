@@ -2,7 +2,11 @@
 
 import pytest
 
-from edgefold.exporter.allocate import Sensitivity, allocate, candidate_ranks
+from edgefold.exporter.planning.sensitivity import (
+    Sensitivity,
+    allocate,
+    candidate_ranks,
+)
 from edgefold.runtime import EdgefoldError
 
 

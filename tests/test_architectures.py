@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from edgefold.exporter import CompressionConfig, export
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.session import make_feed, open_session
 
 KINDS = ["bert-fill-mask", "distilbert-text-classification", "roberta-feature-extraction",

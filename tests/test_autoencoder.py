@@ -3,10 +3,14 @@
 import pytest
 import torch
 
-from edgefold.exporter.methods import FitContext, get_method
-from edgefold.exporter.methods.autoencoder import (AutoencoderOptions, DirectionAwareAutoencoder, alpha_at,
-                                                   direction_loss)
-from edgefold.exporter.plan import plan_rank
+from edgefold.exporter.methods import FitContext, get_method, parse_method_options
+from edgefold.exporter.methods.autoencoder import (
+    AutoencoderOptions,
+    DirectionAwareAutoencoder,
+    alpha_at,
+    direction_loss,
+)
+from edgefold.exporter.planning.ranks import plan_rank
 from edgefold.runtime import EdgefoldError
 
 PAPER = AutoencoderOptions()
@@ -102,7 +106,7 @@ def test_elu_variant_decodes_through_elu():
     weight = _structured()
     factors = DirectionAwareAutoencoder(AutoencoderOptions(epochs=1, activation="elu")).fit(weight, 8, FitContext())
     assert factors.activation == "elu" and bool((factors.dense() >= -1).all())
-    method = get_method("ae", {"activation": "elu"})
+    method = get_method("ae", AutoencoderOptions(activation="elu"))
     method.check_module("embeddings")
     for kind, tied in (("ffn-in", False), ("embeddings", True)):
         with pytest.raises(EdgefoldError, match="ELU"):
@@ -127,17 +131,32 @@ def test_budget_counts_the_decoder_bias_and_norms():
 @pytest.mark.parametrize("options,match", [({"epoch": "3"}, "unknown option 'epoch'"),
                                            ({"epochs": "many"}, "takes a int"),
                                            ({"svd_init": "maybe"}, "true or false"),
-                                           ({"activation": "relu"}, "linear or elu")])
+                                           ({"activation": "relu"}, "linear or elu"),
+                                           ({"lr": "nan"}, "lr must be a finite number"),
+                                           ({"lr": "-1"}, "lr must be > 0"),
+                                           ({"batch_size": "0"}, "batch_size must be >= 1"),
+                                           ({"cosine_weight": "-0.5"}, "cosine_weight must be >= 0"),
+                                           ({"cosine_weight": "0", "power_l1_weight": "0"}, "needs a weight > 0")])
 def test_bad_options_are_refused(options, match):
     with pytest.raises(EdgefoldError, match=match):
-        get_method("ae", options)
+        parse_method_options("ae", options)
 
 
 def test_options_parse_from_strings():
-    method = get_method("ae", {"epochs": "5", "lr": "0.01", "preserve_norms": "yes", "activation": "elu"})
-    assert method.options == AutoencoderOptions(epochs=5, lr=0.01, preserve_norms=True, activation="elu")
+    options = parse_method_options("ae", {"epochs": "5", "lr": "0.01", "preserve_norms": "yes", "activation": "elu"})
+    assert options == AutoencoderOptions(epochs=5, lr=0.01, preserve_norms=True, activation="elu")
+    assert get_method("ae", options).options is options
     with pytest.raises(EdgefoldError, match="takes no options"):
-        get_method("svd", {"epochs": "5"})
+        parse_method_options("svd", {"epochs": "5"})
+
+
+@pytest.mark.parametrize("values,match", [(dict(epochs=2.5), "epochs takes a int"), (dict(lr=float("inf")), "finite"),
+                                          (dict(svd_init=1), "svd_init takes a bool"),
+                                          (dict(alpha_end=0), "alpha_end must be > 0")])
+def test_options_made_in_python_are_checked_too(values, match):
+    with pytest.raises(EdgefoldError, match=match):
+        AutoencoderOptions(**values)
+    assert AutoencoderOptions(lr=1).lr == 1.0 and isinstance(AutoencoderOptions(lr=1).lr, float)
 
 
 @pytest.mark.parametrize("preserve_norms", [False, True])

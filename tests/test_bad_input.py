@@ -59,7 +59,8 @@ def test_unsupported_architecture_is_named_before_any_work(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("ratio,match", [("0.5", "must be greater than 1"), ("1", "must be greater than 1"),
-                                         ("five", "not a number"), ("nan", "must be greater than 1")])
+                                         ("five", "not a number"), ("nan", "must be a finite number"),
+                                         ("inf", "must be a finite number")])
 def test_bad_ratio(capsys, tiny_copy, tmp_path, ratio, match):
     _fails_in_argparse(capsys, "export", tiny_copy, tmp_path / "out", "--ratio", ratio, match=match)
     assert not (tmp_path / "out").exists()
@@ -81,9 +82,9 @@ def test_existing_output_without_overwrite_is_kept(capsys, tiny_copy, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_overwrite_replaces_the_whole_folder(capsys, tiny_copy, tmp_path):
+def test_overwrite_replaces_the_whole_folder_edgefold_wrote(capsys, tiny_copy, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    assert main(["export", str(tiny_copy), str(out), "--quiet", "--method", "none"]) == 0
     (out / "stale.txt").write_text("old")
     assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 0
     assert not (out / "stale.txt").exists() and (out / "model.onnx").is_file()

@@ -3,7 +3,7 @@ import torch
 import transformers
 
 from edgefold.exporter import CompressionConfig, compress_
-from edgefold.exporter.layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
+from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
 from edgefold.runtime import EdgefoldError
 
 

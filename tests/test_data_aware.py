@@ -8,15 +8,15 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, compress_, export
-from edgefold.exporter.calibration import SHIPPED_CALIBRATION, Calibration
-from edgefold.exporter.methods import FitContext, get_method
-from edgefold.exporter.onnx_export import ort_model_class
-from edgefold.exporter.statistics import collect_statistics, input_moments
-from edgefold.exporter.verify import fidelity, tokenize, torch_outputs
+from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION, Calibration
+from edgefold.exporter.calibration.statistics import collect_statistics, input_moments
+from edgefold.exporter.checks.verify import fidelity, tokenize, torch_outputs
+from edgefold.exporter.methods import AutoencoderOptions, FitContext, get_method
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.cli import main
 from edgefold.runtime.texts import shipped_texts
 
-NEW_LAYER_METHODS = [("svd-whitened", {}), ("svd-fisher", {}), ("ae", {"whitened": "true", "epochs": "1"})]
+NEW_LAYER_METHODS = [("svd-whitened", None), ("svd-fisher", None), ("ae", AutoencoderOptions(whitened=True, epochs=1))]
 
 
 def _output_error(weight, approximation, inputs):
@@ -55,7 +55,7 @@ def test_whitened_autoencoder_without_training_is_whitened_svd_at_one_rank_less(
     """Its start (the whitened SVD solution, decoder bias 0) un-whitens to exactly what svd-whitened gives."""
     weight, inputs = torch.randn(40, 32), _anisotropic_inputs()
     moments = inputs.double().T @ inputs.double() / len(inputs)
-    ae = get_method("ae", {"whitened": "true", "epochs": "0"})
+    ae = get_method("ae", AutoencoderOptions(whitened=True, epochs=0))
     factors = ae.fit(weight, 9, FitContext(kind="v", input_moments=moments))
     expected = get_method("svd-whitened").fit(weight, 8, FitContext(kind="v", input_moments=moments))
     assert factors.folded().rank == 9
@@ -87,10 +87,11 @@ def test_a_data_aware_method_without_statistics_says_what_it_needs():
                                get_method("svd").fit(table, 4).dense())
 
 
-@pytest.mark.parametrize("method,options,needs", [("svd", {}, False), ("svd-whitened", {}, True),
-                                                  ("svd-fisher", {}, True), ("ae", {"whitened": "true"}, True)])
+@pytest.mark.parametrize("method,options,needs", [("svd", None, False), ("svd-whitened", None, True),
+                                                  ("svd-fisher", None, True),
+                                                  ("ae", AutoencoderOptions(whitened=True), True)])
 def test_calibration_follows_the_methods_needs(method, options, needs):
-    config = CompressionConfig(method=method, targets="attention", method_options=options)
+    config = CompressionConfig(method=method, targets="attention", options=options)
     assert config.needs_calibration == (needs or method == "ae")
     assert bool(config.build_method().needs) == needs
 
@@ -150,7 +151,7 @@ def test_empty_calibration_file_is_one_clear_error(capsys, tiny_model, tmp_path)
 
 @pytest.mark.parametrize("method,options", NEW_LAYER_METHODS)
 def test_gpt2_exports_with_every_data_aware_method(method, options, tiny_model, small_calibration, tmp_path):
-    config = CompressionConfig(method=method, targets="attention,ffn", ratio=2, method_options=options,
+    config = CompressionConfig(method=method, targets="attention,ffn", ratio=2, options=options,
                                calibration=str(small_calibration))
     manifest = export(str(tiny_model("gpt2-text-generation")), tmp_path / "out", config, progress=False)
     assert manifest["parity"]["max_abs_diff"] <= 1e-3

@@ -12,7 +12,7 @@ import transformers
 from conftest import MINILM, tree_digest
 
 from edgefold.exporter import CompressionConfig, export
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
 
@@ -135,6 +135,6 @@ def test_export_leaves_the_source_untouched(tmp_path):
 
 @pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2"])
 def test_the_bundled_name_resolves_offline(name):
-    from edgefold.exporter.loading import resolve_model_path
+    from edgefold.exporter.source.loading import resolve_model_path
 
     assert resolve_model_path(name) == MINILM

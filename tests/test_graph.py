@@ -10,7 +10,7 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.cli import main
 from edgefold.runtime.session import make_feed, open_session
 
@@ -89,8 +89,8 @@ def test_onnxscript_fusions_int8_and_ort_format_on_a_factorised_causal_lm(tiny_m
 
 @pytest.mark.parametrize("flags, message", [
     (["--optimize", "fast"], "unknown --optimize 'fast'"),
-    (["--target", "arm64"], "--target arm64 sets int8 weight types: use it with --quantize int8"),
-    (["--quantize", "int8", "--target", "riscv"], "unknown --target 'riscv'"),
+    (["--quantize-for", "arm64"], "--quantize-for arm64 sets int8 weight types: use it with --quantize int8"),
+    (["--quantize", "int8", "--quantize-for", "riscv"], "unknown --quantize-for 'riscv'"),
     (["--format", "onnx,tflite"], "unknown --format 'tflite'"),
 ])
 def test_bad_graph_options_are_one_line(capsys, tiny_model, tmp_path, flags, message):

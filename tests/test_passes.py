@@ -3,7 +3,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefold.exporter.passes import check_no_dense_copies, store_shared_weights_once
+from edgefold.exporter.onnx.passes import (
+    check_no_dense_copies,
+    store_shared_weights_once,
+)
 from edgefold.runtime import EdgefoldError
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from edgefold.exporter.plan import plan_rank
+from edgefold.exporter.planning.ranks import plan_rank
 
 
 @pytest.mark.parametrize("rows,cols", [(30522, 384), (384, 384), (1536, 384), (384, 1536), (64, 4096)])

@@ -8,7 +8,7 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.cli import main
 
 

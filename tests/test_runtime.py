@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import build_tiny_model
 
 from edgefold.exporter import CompressionConfig, export
 from edgefold.runtime.cli import main

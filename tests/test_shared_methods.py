@@ -7,19 +7,25 @@ import onnx
 import pytest
 import torch
 import transformers
-
 from conftest import MINILM
+
 from edgefold.exporter import CompressionConfig, export
-from edgefold.exporter.methods import FitContext, get_method
+from edgefold.exporter.methods import (
+    CrossLayerOptions,
+    FitContext,
+    SharedBasisOptions,
+    get_method,
+    parse_method_options,
+)
 from edgefold.exporter.methods.ae_shared import latent_size, stored_params
 from edgefold.exporter.methods.base import shared_charges
-from edgefold.exporter.onnx_export import ort_model_class
+from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.session import make_feed, open_session
 
 TEXT = ["The quick brown fox jumps over the lazy dog.", "Short one."]
 #: A short schedule: these tests check the plumbing, benchmarks/ measure quality.
-QUICK = {"epochs": "1", "batch_size": "512"}
+QUICK = CrossLayerOptions(epochs=1, batch_size=512)
 
 
 def _group(layers=4, rows=48, cols=32):
@@ -55,7 +61,7 @@ def test_svd_shared_keeps_one_basis_within_the_group_budget():
 
 def test_svd_shared_in_groups_of_consecutive_layers():
     weights = _group(layers=6)
-    fitted = get_method("svd-shared", {"layers": "2"}).fit_group(weights, 2.0, FitContext(kind="q"))
+    fitted = get_method("svd-shared", SharedBasisOptions(layers=2)).fit_group(weights, 2.0, FitContext(kind="q"))
     bases = [f.right for f in fitted.forms]
     assert [len({id(b) for b in bases[i:i + 2]}) for i in range(0, 6, 2)] == [1, 1, 1]
     assert len({id(b) for b in bases}) == 3
@@ -68,7 +74,7 @@ def test_shared_and_separated_autoencoders_fit_the_same_budget():
     sizes = {}
     for name in ("ae-shared", "ae-separated"):
         context = FitContext(kind="q")
-        fitted = get_method(name, {"epochs": "2"}).fit_group(weights, ratio, context)
+        fitted = get_method(name, CrossLayerOptions(epochs=2)).fit_group(weights, ratio, context)
         assert sum(fitted.params) <= budget
         decoders = {id(f.decoder) for f in fitted.forms}
         assert len(decoders) == context.details["decoders"] == (1 if name == "ae-shared" else len(weights))
@@ -85,7 +91,7 @@ def test_shared_and_separated_autoencoders_fit_the_same_budget():
 
 def test_autoencoder_fit_is_deterministic_for_a_seed():
     weights = _group()
-    dense = [get_method("ae-shared", {"epochs": "2"}).fit_group(weights, 2.0, FitContext(kind="q", seed=3))
+    dense = [get_method("ae-shared", CrossLayerOptions(epochs=2)).fit_group(weights, 2.0, FitContext(kind="q", seed=3))
              .forms[0].dense() for _ in range(2)]
     torch.testing.assert_close(dense[0], dense[1], rtol=0, atol=0)
 
@@ -96,9 +102,11 @@ def test_autoencoders_refuse_embeddings_and_bad_options(tiny_model, tmp_path):
                progress=False)
     assert not (tmp_path / "out").exists()
     with pytest.raises(EdgefoldError, match="unknown option 'rank' of method ae-separated"):
-        CompressionConfig(method="ae-separated", method_options={"rank": "3"})
+        parse_method_options("ae-separated", {"rank": "3"})
     with pytest.raises(EdgefoldError, match="unknown option 'epochs' of method svd-shared"):
-        CompressionConfig(method="svd-shared", method_options={"epochs": "3"})
+        parse_method_options("svd-shared", {"epochs": "3"})
+    with pytest.raises(EdgefoldError, match="method svd-shared takes SharedBasisOptions, not CrossLayerOptions"):
+        CompressionConfig(method="svd-shared", options=QUICK)
 
 
 def _decoded_shape_census(path, shapes) -> int:
@@ -123,8 +131,8 @@ def _optimum_matches_bare_session(folder, task):
 def test_tiny_gpt2_fused_and_transposed_weights_export(method, tiny_model, tmp_path):
     out = tmp_path / method
     manifest = export(str(tiny_model("gpt2-text-generation")), out,
-                      CompressionConfig(method=method, targets="attention,ffn", ratio=2, method_options=
-                                        {} if method == "svd-shared" else QUICK), progress=False)
+                      CompressionConfig(method=method, targets="attention,ffn", ratio=2,
+                                        options=None if method == "svd-shared" else QUICK), progress=False)
     groups = {m["fit"]["group"] for m in manifest["modules"]}
     assert groups == {"q+k+v", "attention-output", "ffn-in", "ffn-out"}  # c_attn is its own kind
     assert manifest["compression"] == ("factorised" if method == "svd-shared" else "storage")
@@ -137,7 +145,7 @@ def test_tiny_gpt2_fused_and_transposed_weights_export(method, tiny_model, tmp_p
 def minilm_ae_shared(tmp_path_factory):
     out = tmp_path_factory.mktemp("shared") / "minilm-ae-shared"
     return out, export(str(MINILM), out, CompressionConfig(method="ae-shared", targets="attention,ffn", ratio=2,
-                                                           method_options=QUICK), progress=False)
+                                                           options=QUICK), progress=False)
 
 
 def test_ae_shared_minilm_stores_codes_not_dense_weights(minilm_ae_shared):

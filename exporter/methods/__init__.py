@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-from edgefold.runtime import EdgefoldError
+from collections.abc import Mapping
 
-from .ae_shared import CrossLayerAutoencoder, CrossLayerOptions, SeparatedAutoencoder
-from .autoencoder import AutoencoderOptions, DirectionAwareAutoencoder
-from .base import DecodedRows, FitContext, GroupFit, GroupMethod, LowRankFactors, Method, RowDecoder
-from .fisher import FisherWeightedSVD
-from .svd import TruncatedSVD
-from .svd_shared import SharedBasisOptions, SharedBasisSVD
-from .whitened import WhitenedSVD
+from edgefold.exporter.methods.ae_shared import (
+    CrossLayerAutoencoder,
+    CrossLayerOptions,
+    SeparatedAutoencoder,
+)
+from edgefold.exporter.methods.autoencoder import (
+    AutoencoderOptions,
+    DirectionAwareAutoencoder,
+)
+from edgefold.exporter.methods.base import (
+    DecodedRows,
+    FitContext,
+    GroupFit,
+    GroupMethod,
+    LowRankFactors,
+    Method,
+    MethodOptions,
+    RowDecoder,
+)
+from edgefold.exporter.methods.fisher import FisherWeightedSVD
+from edgefold.exporter.methods.svd import TruncatedSVD
+from edgefold.exporter.methods.svd_shared import SharedBasisOptions, SharedBasisSVD
+from edgefold.exporter.methods.whitened import WhitenedSVD
+from edgefold.runtime import EdgefoldError
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     TruncatedSVD, WhitenedSVD, FisherWeightedSVD, DirectionAwareAutoencoder, SharedBasisSVD, CrossLayerAutoencoder,
@@ -23,23 +40,35 @@ FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False,
                      "ae-separated": False}
 
 
-def get_method(name: str, options: dict[str, str] | None = None) -> Method | None:
-    """A method configured from NAME=VALUE options (None for ``none``); an unknown name or option is refused."""
-    if name == NO_COMPRESSION and not options:
+def get_method(name: str, options: MethodOptions | None = None) -> Method | None:
+    """The method ``name`` with ``options`` (its own options class; None: the defaults), or None for ``none``.
+
+    An unknown method, or options of another method's class, is refused in one line."""
+    if name == NO_COMPRESSION:
+        if options is not None:
+            raise EdgefoldError(f"method {NO_COMPRESSION} takes no options (got {type(options).__name__})")
         return None
-    if name not in METHODS:
+    return _method_class(name)(options)
+
+
+def parse_method_options(method: str, options: Mapping[str, str]) -> MethodOptions | None:
+    """``method``'s options from ``--method-option NAME=VALUE`` strings: its options class (defaults where not
+    given), or None for a method without settings. An unknown method or name, or a bad value, is refused in one
+    line."""
+    kind = None if method == NO_COMPRESSION else _method_class(method).options_type
+    if kind is None:
+        if options:
+            raise EdgefoldError(f"method {method} takes no options (got {', '.join(options)})")
+        return None
+    return kind.parse(options, method)
+
+
+def _method_class(name: str) -> type[Method]:
+    if not isinstance(name, str) or name not in METHODS:
         raise EdgefoldError(f"unknown method {name!r}; choose from: {', '.join([*METHODS, NO_COMPRESSION])}")
-    if name == "ae":
-        return DirectionAwareAutoencoder(AutoencoderOptions.parse(options or {}))
-    if issubclass(METHODS[name], CrossLayerAutoencoder):
-        return METHODS[name](CrossLayerOptions.parse(options or {}, name))
-    if name == SharedBasisSVD.name:
-        return SharedBasisSVD(SharedBasisOptions.parse(options or {}, name))
-    if options:
-        raise EdgefoldError(f"method {name} takes no options (got {', '.join(options)})")
-    return METHODS[name]()
+    return METHODS[name]
 
 
 __all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
-           "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "RowDecoder",
-           "TruncatedSVD", "get_method"]
+           "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "MethodOptions",
+           "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "get_method", "parse_method_options"]

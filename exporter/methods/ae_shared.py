@@ -26,9 +26,17 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from edgefold.exporter.methods.base import (
+    DecodedRows,
+    FitContext,
+    GroupFit,
+    GroupMethod,
+    MethodOptions,
+    RowDecoder,
+    require,
+    shared_charges,
+)
 from edgefold.runtime import EdgefoldError
-
-from .base import DecodedRows, FitContext, GroupFit, GroupMethod, RowDecoder, parse_options, shared_charges
 
 #: Decoder widths as multiples of the latent size x (the first is x itself, the output is m).
 _DECODER_WIDTHS = (1, 2, 4)
@@ -36,7 +44,7 @@ _ENCODER_WIDTHS = (8, 4, 1)
 
 
 @dataclass(frozen=True)
-class CrossLayerOptions:
+class CrossLayerOptions(MethodOptions):
     """The paper's defaults. Set any with ``--method-option NAME=VALUE``."""
 
     epochs: int = 30
@@ -48,13 +56,13 @@ class CrossLayerOptions:
     rmse_weight: float = 0.091  # weight of the RMSE of the norm-rescaled rows
     negative_slope: float = 0.01  # of every LeakyReLU
 
-    @classmethod
-    def parse(cls, options: dict[str, str], method: str) -> CrossLayerOptions:
-        """From NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-        parsed = parse_options(cls, options, method)
-        if parsed.epochs < 0 or parsed.batch_size < 1 or parsed.lr_step_epochs < 1 or not parsed.lr > 0:
-            raise EdgefoldError("epochs must be >= 0, batch_size and lr_step_epochs >= 1, lr > 0")
-        return parsed
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, "> 0", lambda v: v > 0, "lr", "lr_gamma")
+        require(self, ">= 1", lambda v: v >= 1, "batch_size", "lr_step_epochs")
+        require(self, ">= 0", lambda v: v >= 0, "epochs", "cosine_weight", "rmse_weight", "negative_slope")
+        if not (self.cosine_weight or self.rmse_weight):
+            raise EdgefoldError("the loss needs a weight > 0: cosine_weight or rmse_weight")
 
 
 def latent_size(rows: int, cols: int, budget: float) -> int | None:
@@ -98,9 +106,8 @@ class CrossLayerAutoencoder(GroupMethod):
     name = "ae-shared"
     compression = "storage"
     shared = True  # one autoencoder for the whole group; False: one per matrix
-
-    def __init__(self, options: CrossLayerOptions | None = None):
-        self.options = options or CrossLayerOptions()
+    options_type = CrossLayerOptions
+    options: CrossLayerOptions
 
     def check_module(self, kind: str, tied: bool = False) -> None:
         if kind == "embeddings":

@@ -21,15 +21,21 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from edgefold.exporter.methods.base import (
+    INPUT_MOMENTS,
+    FitContext,
+    LowRankFactors,
+    Method,
+    MethodOptions,
+    require,
+)
+from edgefold.exporter.methods.svd import svd_basis
+from edgefold.exporter.methods.whitened import required, unwhiten, whitening
 from edgefold.runtime import EdgefoldError
-
-from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method, parse_options
-from .svd import svd_basis
-from .whitened import required, unwhiten, whitening
 
 
 @dataclass(frozen=True)
-class AutoencoderOptions:
+class AutoencoderOptions(MethodOptions):
     """The paper code's defaults. Set any with ``--method-option NAME=VALUE``."""
 
     epochs: int = 30
@@ -49,15 +55,15 @@ class AutoencoderOptions:
     validate_every: int = 5  # epochs between validation checks (checkpoint selection; the start is checked too)
     whitened: bool = False  # Linears: fit rows in the whitened input space, so the loss is on layer outputs
 
-    @classmethod
-    def parse(cls, options: dict[str, str]) -> AutoencoderOptions:
-        """From NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-        parsed = parse_options(cls, options, "ae")
-        if parsed.activation not in ("linear", "elu"):
-            raise EdgefoldError(f"activation must be linear or elu, not {parsed.activation!r}")
-        if parsed.epochs < 0 or parsed.batch_size < 1 or parsed.validate_every < 1:
-            raise EdgefoldError("epochs must be >= 0, batch_size and validate_every >= 1")
-        return parsed
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, "> 0", lambda v: v > 0, "lr", "lr_gamma", "alpha_start", "alpha_end")
+        require(self, ">= 1", lambda v: v >= 1, "batch_size", "lr_step_epochs", "validate_every")
+        require(self, ">= 0", lambda v: v >= 0, "epochs", "anneal_epochs", "cosine_weight", "power_l1_weight",
+                "rmse_weight")
+        require(self, "linear or elu", lambda v: v in ("linear", "elu"), "activation")
+        if not (self.cosine_weight or self.power_l1_weight or self.rmse_weight):
+            raise EdgefoldError("the loss needs a weight > 0: cosine_weight, power_l1_weight or rmse_weight")
 
 
 class _Autoencoder(nn.Module):
@@ -83,9 +89,11 @@ class _Autoencoder(nn.Module):
 class DirectionAwareAutoencoder(Method):
     name = "ae"
     iterative = True
+    options_type = AutoencoderOptions
+    options: AutoencoderOptions
 
     def __init__(self, options: AutoencoderOptions | None = None):
-        self.options = options or AutoencoderOptions()
+        super().__init__(options)
         self.needs = frozenset({INPUT_MOMENTS}) if self.options.whitened else frozenset()
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:

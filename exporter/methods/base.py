@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.runtime import EdgefoldError
 
 #: Calibration statistics a method may need (collected by ``exporter.statistics``, passed in ``FitContext``).
@@ -96,7 +99,8 @@ class FitContext:
     (rows), float64: calibration statistics of a Linear, given where the method ``needs`` them (see
     ``exporter.statistics``).
     ``score``: validation fidelity of candidate factors (higher is better), for methods that select a
-    checkpoint; computed on text the method does not fit on. ``details`` collects what the method reports.
+    checkpoint; computed on text the method does not fit on. ``rank_multiple``: ranks a group method chooses
+    itself are multiples of it. ``details`` collects what the method reports.
     """
 
     row_weights: torch.Tensor | None = None
@@ -105,6 +109,7 @@ class FitContext:
     score: Callable[[LowRankFactors], float] | None = None
     kind: str = "embeddings"
     seed: int = 0
+    rank_multiple: int = RANK_MULTIPLE
     progress: bool = False
     details: dict = field(default_factory=dict)
 
@@ -158,15 +163,43 @@ class GroupFit:
     params: list[int]
 
 
-def parse_options(cls: type, options: dict[str, str], method: str):
-    """A dataclass of settings from NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
-    known = [f.name for f in fields(cls)]
-    values = {}
-    for name, text in options.items():
-        if name not in known:
-            raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
-        values[name] = _convert(name, text, type(getattr(cls, name)))
-    return cls(**values)
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method's settings: a frozen dataclass, every field with a default, checked in full when made.
+
+    This base checks every value against its default's type (an integer is accepted for a float) and that floats
+    are finite; each subclass adds its ranges in ``__post_init__``. ``--method-option NAME=VALUE`` strings go
+    through :meth:`parse`; :meth:`changed` gives them back.
+    """
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                value = float(value)
+            elif kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value = int(value)
+            if type(value) is not kind:
+                raise EdgefoldError(f"option {f.name} takes a {kind.__name__}, not {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise EdgefoldError(f"option {f.name} must be a finite number, not {value!r}")
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def parse(cls, options: Mapping[str, str], method: str) -> Self:
+        """From NAME=VALUE strings; an unknown name or a bad value is refused in one line."""
+        known = {f.name: type(f.default) for f in fields(cls)}
+        values = {}
+        for name, text in options.items():
+            if name not in known:
+                raise EdgefoldError(f"unknown option {name!r} of method {method}; known: {', '.join(known)}")
+            values[name] = _convert(name, str(text), known[name])
+        return cls(**values)
+
+    def changed(self) -> dict[str, str]:
+        """The settings that differ from the defaults, as NAME=VALUE strings that :meth:`parse` reads back."""
+        return {f.name: str(value).lower() if isinstance(value, bool) else str(value)
+                for f in fields(self) if (value := getattr(self, f.name)) != f.default}
 
 
 def _convert(name: str, text: str, kind: type):
@@ -178,6 +211,14 @@ def _convert(name: str, text: str, kind: type):
         return kind(text)
     except ValueError:
         raise EdgefoldError(f"option {name} takes a {kind.__name__}, not {text!r}") from None
+
+
+def require(options: MethodOptions, rule: str, test: Callable[[Any], bool], *names: str) -> None:
+    """Refuse, in one line, the first of ``names`` whose value fails ``test`` (``rule`` says what it must be)."""
+    for name in names:
+        value = getattr(options, name)
+        if not test(value):
+            raise EdgefoldError(f"option {name} must be {rule} (got {value!r})")
 
 
 def shared_charges(own: list[int], shared: int) -> list[int]:
@@ -198,6 +239,16 @@ class Method(ABC):
     needs: frozenset[str] = frozenset()
     #: Trained by gradient steps (slow to fit at many ranks); the global allocation measures with SVD instead.
     iterative: ClassVar[bool] = False
+    #: The class of the method's settings; None: it has none.
+    options_type: ClassVar[type[MethodOptions] | None] = None
+
+    def __init__(self, options: MethodOptions | None = None):
+        kind = self.options_type
+        if kind is None and options is not None:
+            raise EdgefoldError(f"method {self.name} takes no options (got {type(options).__name__})")
+        if kind is not None and options is not None and not isinstance(options, kind):
+            raise EdgefoldError(f"method {self.name} takes {kind.__name__}, not {type(options).__name__}")
+        self.options = kind() if kind is not None and options is None else options
 
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts

@@ -13,9 +13,14 @@ from dataclasses import replace
 
 import torch
 
-from .base import ROW_IMPORTANCE, FitContext, LowRankFactors, Method
-from .svd import TruncatedSVD
-from .whitened import required
+from edgefold.exporter.methods.base import (
+    ROW_IMPORTANCE,
+    FitContext,
+    LowRankFactors,
+    Method,
+)
+from edgefold.exporter.methods.svd import TruncatedSVD
+from edgefold.exporter.methods.whitened import required
 
 #: Floor of a row's importance, relative to the mean: a row no calibration token moved still counts a little.
 IMPORTANCE_FLOOR = 1e-6

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import FitContext, LowRankFactors, Method
+from edgefold.exporter.methods.base import FitContext, LowRankFactors, Method
 
 
 class TruncatedSVD(Method):

@@ -15,30 +15,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..plan import plan_rank
-from edgefold.runtime import EdgefoldError
-
-from .base import FitContext, GroupFit, GroupMethod, LowRankFactors, parse_options, shared_charges
-from .svd import TruncatedSVD
+from edgefold.exporter.methods.base import (
+    FitContext,
+    GroupFit,
+    GroupMethod,
+    LowRankFactors,
+    MethodOptions,
+    require,
+    shared_charges,
+)
+from edgefold.exporter.methods.svd import TruncatedSVD
+from edgefold.exporter.planning.ranks import plan_rank
 
 
 @dataclass(frozen=True)
-class SharedBasisOptions:
+class SharedBasisOptions(MethodOptions):
     layers: int = 0  # consecutive layers sharing one basis; 0: all layers of the kind
 
-    @classmethod
-    def parse(cls, options: dict[str, str], method: str) -> SharedBasisOptions:
-        parsed = parse_options(cls, options, method)
-        if parsed.layers < 0:
-            raise EdgefoldError("layers must be >= 0 (0: all layers share one basis)")
-        return parsed
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, ">= 0 (0: all layers share one basis)", lambda v: v >= 0, "layers")
 
 
 class SharedBasisSVD(GroupMethod):
     name = "svd-shared"
-
-    def __init__(self, options: SharedBasisOptions | None = None):
-        self.options = options or SharedBasisOptions()
+    options_type = SharedBasisOptions
+    options: SharedBasisOptions
 
     def fit_group(self, weights: list[torch.Tensor], ratio: float, context: FitContext) -> GroupFit | None:
         size = self.options.layers or len(weights)
@@ -51,7 +53,7 @@ class SharedBasisSVD(GroupMethod):
     def _fit_shared(self, weights: list[torch.Tensor], ratio: float, context: FitContext) -> GroupFit | None:
         rows, cols = weights[0].shape
         stacked = torch.cat(weights)
-        rank = plan_rank(stacked.shape[0], cols, ratio)
+        rank = plan_rank(stacked.shape[0], cols, ratio, multiple=context.rank_multiple)
         if rank is None:
             return None
         factors = TruncatedSVD().fit(stacked, rank)

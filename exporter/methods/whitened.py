@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import INPUT_MOMENTS, FitContext, LowRankFactors, Method
-from .svd import TruncatedSVD
+from edgefold.exporter.methods.base import (
+    INPUT_MOMENTS,
+    FitContext,
+    LowRankFactors,
+    Method,
+)
+from edgefold.exporter.methods.svd import TruncatedSVD
 
 #: Damping added to M before Cholesky, relative to its mean diagonal: keeps S invertible where some input
 #: directions never vary on calibration text (a dead unit), while changing the metric negligibly elsewhere.

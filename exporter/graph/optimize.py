@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgefold.exporter.checks.verify import TextBatch, max_abs_difference, onnx_outputs
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.session import make_feed, open_session
-
-from .verify import TextBatch, max_abs_difference, onnx_outputs
 
 MODES = ("auto", "onnxruntime", "onnxscript", "none")
 #: Contrib kernels that replace several plain ops; their count says how much of the fusion survived.

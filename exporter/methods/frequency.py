@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import torch
 
-from .calibration import row_weights
-from .methods import FitContext, LowRankFactors, Method
-from .methods.svd import TruncatedSVD
-from .plan import RANK_MULTIPLE, plan_rank
+from edgefold.exporter.calibration.corpus import row_weights
+from edgefold.exporter.methods import FitContext, LowRankFactors, Method
+from edgefold.exporter.methods.svd import TruncatedSVD
+from edgefold.exporter.planning.ranks import RANK_MULTIPLE, plan_rank
 
 #: Shares of the module's budget tried for exact rows.
 EXACT_SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -27,7 +27,8 @@ def exact_row_cost(rows: int, cols: int, count: int) -> int:
 
 def fit_frequency_aware(weight: torch.Tensor, ratio: float, method: Method, counts: torch.Tensor,
                         context: FitContext, rank_multiple: int = RANK_MULTIPLE) -> LowRankFactors | None:
-    """Fit ``weight`` (V x d) within 1/ratio of its parameters; None if no split saves anything."""
+    """Fit ``weight`` (V x d) within 1/ratio of its parameters, everything stored counted (exact rows, their
+    slot lookup, factors and the method's extras); None if no split fits and saves anything."""
     rows, cols = weight.shape
     order = torch.argsort(counts, descending=True, stable=True)
     seen = int((counts > 0).sum())
@@ -36,8 +37,8 @@ def fit_frequency_aware(weight: torch.Tensor, ratio: float, method: Method, coun
     for share in EXACT_SHARES:
         count = min(int(share * rows * cols / ratio) // cols, seen)
         extra = exact_row_cost(rows, cols, count) + method.extra_params(rows, cols, "embeddings")
-        rank = plan_rank(rows, cols, ratio, extra, rank_multiple)
-        if rank is None:
+        rank = plan_rank(rows, cols, ratio, extra, rank_multiple)  # None where the exact rows leave no room
+        if rank is None or count in [t["exact_rows"] for t in trials]:
             continue
         exact = order[:count]
         factors = proxy.fit(weight, rank, FitContext(row_weights=row_weights(counts, exact)))

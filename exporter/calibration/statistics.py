@@ -7,10 +7,11 @@ Data-aware methods declare what they need (``Method.needs``) and receive it per 
   ``tr((W - W') M (W - W')^T)``: the error of the layer's OUTPUT, which whitened SVD minimises.
 - ``row_importance``: per output unit, the summed squared gradients of its weights (FWSVD's Fisher
   information, one number per row). The loss is the model's own next-token loss where it has one (a causal LM);
-  otherwise a Gaussian-output Fisher: the gradient of ``<output, g>`` with ``g ~ N(0, I)`` drawn per token. Its
-  expected squared gradient is the Fisher information of a Gaussian likelihood centred on the model's output
-  (the unsupervised case FWSVD's justification covers), and because ``g`` is independent across tokens the
-  cross terms of a batch vanish in expectation, so batched gradients estimate the per-token sum without bias.
+  otherwise a Gaussian-output Fisher: the gradient of ``<output, g>`` with ``g ~ N(0, I)`` drawn per output
+  vector (per token, or per text where the head gives one vector a text, as a classifier's logits). Its expected
+  squared gradient is the Fisher information of a Gaussian likelihood centred on the model's output (the
+  unsupervised case FWSVD's justification covers), and because ``g`` is independent across vectors the cross
+  terms of a batch vanish in expectation, so batched gradients estimate the per-vector sum without bias.
 
 Only the calibration FIT split is used: the validation lines stay for checkpoint selection.
 """
@@ -25,9 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .methods.base import INPUT_MOMENTS, ROW_IMPORTANCE
-from .onnx_export import task_of_model
-from .verify import TextBatch, max_text_length, tokenize
+from edgefold.exporter.checks.verify import TextBatch, max_text_length, tokenize
+from edgefold.exporter.methods.base import INPUT_MOMENTS, ROW_IMPORTANCE
+from edgefold.exporter.onnx.export import task_of_model
 
 _BATCH = 32
 
@@ -95,7 +96,9 @@ def _loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, causal:
         return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
     output = model(input_ids=ids, attention_mask=mask)[0]
     probe = torch.randn(output.shape, generator=generator, dtype=output.dtype)
-    return (output * probe * mask[..., None]).sum()
+    if output.dim() == mask.dim() + 1:  # one vector per token (hidden states, MLM logits): padding says nothing
+        probe = probe * mask[..., None]
+    return (output * probe).sum()  # else one per sequence (a classifier's logits)
 
 
 @contextmanager

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefold.exporter.checks.verify import (
+    TextBatch,
+    fidelity,
+    max_abs_difference,
+    onnx_outputs,
+)
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.graph.mobile import check_formats, write_ort_format
+from edgefold.exporter.graph.optimize import check_mode
+from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, check_scheme, quantize
 from edgefold.runtime import EdgefoldError
-
-from .compress import CompressionConfig
-from .mobile import check_formats, write_ort_format
-from .optimize import check_mode
-from .quantize import INT4_BLOCK_SIZE, check_scheme, quantize
-from .verify import TextBatch, fidelity, max_abs_difference, onnx_outputs
 
 #: The .ort file runs the same kernels as the .onnx file after onnxruntime's optimisations: summation order only.
 ORT_FORMAT_ATOL = 1e-4
@@ -45,7 +49,7 @@ class GraphConfig:
         check_scheme(self.quantize, self.target)
         check_formats(self.formats)
         if self.target != "generic" and self.quantize != "int8":
-            raise EdgefoldError(f"--target {self.target} sets int8 weight types: use it with --quantize int8")
+            raise EdgefoldError(f"--quantize-for {self.target} sets int8 weight types: use it with --quantize int8")
 
     @property
     def steps(self) -> list[str]:

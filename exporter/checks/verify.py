@@ -12,13 +12,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from edgefold.exporter.methods import LowRankFactors
+from edgefold.exporter.nn.layers import TiedLowRankHead, low_rank_module
+from edgefold.exporter.nn.swap import tied_head
+from edgefold.exporter.onnx.export import task_of_model
+from edgefold.exporter.source.architectures import EMBEDDINGS
 from edgefold.runtime.folder import max_positions
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
-
-from .layers import low_rank_module
-from .methods import LowRankFactors
-from .onnx_export import task_of_model
 
 #: Tasks whose output is one vector per sequence; the others are compared token by token.
 _SEQUENCE_TASKS = {"feature-extraction": "mean-pooled last_hidden_state", "text-classification": "logits"}
@@ -115,12 +116,20 @@ class ValidationScorer:
         self.reference = torch_outputs(model, self.batches)
 
     def for_module(self, name: str, kind: str, original: nn.Module) -> Callable[[LowRankFactors], float]:
+        # A head tied to the embedding will share the candidate after the swap: score it sharing it too.
+        head = tied_head(self.model, original) if kind == EMBEDDINGS else None
+
         def score(factors: LowRankFactors) -> float:
-            self.model.set_submodule(name, low_rank_module(kind, factors, original))
+            candidate = low_rank_module(kind, factors, original)
+            self.model.set_submodule(name, candidate)
+            if head:
+                self.model.set_submodule(head[0], TiedLowRankHead(candidate, getattr(head[1], "bias", None)))
             try:
                 outputs = torch_outputs(self.model, self.batches)
             finally:
                 self.model.set_submodule(name, original)
+                if head:
+                    self.model.set_submodule(*head)
             return fidelity(self.task, self.reference, outputs, self.batches)["mean_cosine"]
 
         return score

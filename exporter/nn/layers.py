@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .methods import DecodedRows, LowRankFactors
+from edgefold.exporter.methods import DecodedRows, LowRankFactors
 
 
 def _optional(tensor: torch.Tensor | None) -> nn.Parameter | None:

@@ -17,11 +17,10 @@ import onnx
 from onnx import helper, numpy_helper
 from torch import nn
 
+from edgefold.exporter.methods import RowDecoder
+from edgefold.exporter.nn.layers import DecodedLinear
+from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
-
-from . import passes
-from .layers import DecodedLinear
-from .methods import RowDecoder
 
 _PREFIX = "edgefold_stored"
 

@@ -30,7 +30,7 @@ def check_scheme(scheme: str, target: str = "generic") -> str:
     if scheme not in SCHEMES:
         raise EdgefoldError(f"unknown --quantize {scheme!r}; choose from: {', '.join(SCHEMES)}")
     if target not in INT8_TARGETS:
-        raise EdgefoldError(f"unknown --target {target!r}; choose from: {', '.join(INT8_TARGETS)}")
+        raise EdgefoldError(f"unknown --quantize-for {target!r}; choose from: {', '.join(INT8_TARGETS)}")
     return scheme
 
 

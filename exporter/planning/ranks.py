@@ -9,10 +9,9 @@ def plan_rank(rows: int, cols: int, ratio: float, extra_params: int = 0, multipl
     """The largest multiple of ``multiple`` whose factors keep at most 1/ratio of ``rows * cols`` parameters.
 
     ``extra_params`` are stored beside the factors (a decoder bias, say) and count against the budget.
-    At least one ``multiple`` is kept; None means even that saves nothing, so the matrix should stay dense.
+    None where not even one ``multiple`` fits the budget, or where it would save nothing: the matrix stays dense.
     """
-    budget = rows * cols / ratio - extra_params
-    rank = max(multiple, int(budget // (rows + cols)) // multiple * multiple)
-    if rank * (rows + cols) + extra_params >= rows * cols:
+    rank = int((rows * cols / ratio - extra_params) // (rows + cols)) // multiple * multiple
+    if rank < multiple or rank * (rows + cols) + extra_params >= rows * cols:
         return None
     return rank

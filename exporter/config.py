@@ -1,0 +1,119 @@
+"""``CompressionConfig``: what to compress and how hard, checked in full before any work."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from edgefold.exporter.methods import (
+    FREQUENCY_DEFAULT,
+    GroupMethod,
+    Method,
+    MethodOptions,
+    get_method,
+)
+from edgefold.exporter.planning.ranks import RANK_MULTIPLE
+from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
+from edgefold.runtime import EdgefoldError
+
+ALLOCATIONS = ("uniform", "sensitivity")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What to compress and how hard. ``ratio`` R: the targeted weights keep at most 1/R of their parameters.
+
+    ``frequency``: weight embedding rows by calibration token counts and keep the most frequent exact (None:
+    the method's default, on for ``ae``). ``calibration``: a text file, or None for the shipped corpus.
+    ``options``: the method's settings, an instance of its options class (``AutoencoderOptions`` for ``ae``,
+    ``CrossLayerOptions`` for ``ae-shared``/``ae-separated``, ``SharedBasisOptions`` for ``svd-shared``; the
+    others take none), or None for the defaults; ``parse_method_options`` makes one from NAME=VALUE strings.
+    ``rank_multiple``: ranks are multiples of it (8 suits SIMD kernels; int4 quantisation needs its block size,
+    32).
+
+    ``allocation``: "uniform" gives every module the ratio; "sensitivity" makes the ratio (or ``size_budget``,
+    the fp32 bytes of the whole model's weights) a budget for all targeted weights together, with ranks
+    allocated per module by measured fidelity loss (see ``exporter.allocate``).
+    """
+
+    method: str = "svd"
+    targets: frozenset[str] = frozenset(ALL_KINDS)
+    ratio: float = 2.0
+    seed: int = 0
+    frequency: bool | None = None
+    calibration: str | None = None
+    options: MethodOptions | None = None
+    rank_multiple: int = RANK_MULTIPLE
+    allocation: str = "uniform"
+    size_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_budget is not None:
+            object.__setattr__(self, "allocation", "sensitivity")
+        self._check_targets()
+        if not _is_number(self.ratio) or not (math.isfinite(self.ratio) and self.ratio > 1):
+            raise EdgefoldError(f"--ratio must be greater than 1 and finite (got {self.ratio!r})")
+        if not _is_int(self.rank_multiple) or self.rank_multiple < 1:
+            raise EdgefoldError(f"rank_multiple must be a positive integer (got {self.rank_multiple!r})")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2 ** 63:
+            raise EdgefoldError(f"--seed must be an integer from 0 to 2**63 - 1 (got {self.seed!r})")
+        if self.frequency is not None and not isinstance(self.frequency, bool):
+            raise EdgefoldError(f"frequency must be True, False or None (got {self.frequency!r})")
+        if self.calibration is not None:
+            if not isinstance(self.calibration, (str, os.PathLike)):
+                raise EdgefoldError(f"calibration must be a file path (got {self.calibration!r})")
+            object.__setattr__(self, "calibration", os.fspath(self.calibration))
+        self._check_allocation()
+        self.build_method()  # refuses an unknown method or option now, before any work
+
+    def _check_targets(self) -> None:
+        targets = self.targets
+        if isinstance(targets, str):
+            targets = parse_targets(targets)
+        if not isinstance(targets, (set, frozenset, list, tuple)) or not all(isinstance(t, str) for t in targets):
+            raise EdgefoldError(f"targets must be a comma-separated string or a set of kinds (got {targets!r})")
+        unknown = set(targets) - set(ALL_KINDS)
+        if unknown:
+            raise EdgefoldError(f"unknown target(s) {sorted(unknown)}; choose from: {', '.join(ALL_KINDS)}")
+        if not targets:
+            raise EdgefoldError("no targets given")
+        object.__setattr__(self, "targets", frozenset(targets))
+
+    def _check_allocation(self) -> None:
+        if not isinstance(self.allocation, str) or self.allocation not in ALLOCATIONS:
+            raise EdgefoldError(f"unknown allocation {self.allocation!r}; choose from: {', '.join(ALLOCATIONS)}")
+        if self.size_budget is not None and (not _is_int(self.size_budget) or self.size_budget <= 0):
+            raise EdgefoldError(f"--size-budget must be a positive number of bytes (got {self.size_budget!r})")
+        if self.allocation == "sensitivity" and (self.uses_frequency or isinstance(self.build_method(), GroupMethod)):
+            raise EdgefoldError("ranks allocated by sensitivity work per module: not with frequency-aware "
+                                "embeddings (--no-frequency) nor with a cross-layer method")
+
+    def build_method(self) -> Method | None:
+        return get_method(self.method, self.options)
+
+    @property
+    def method_options(self) -> dict[str, str]:
+        """The options that differ from the method's defaults, as the NAME=VALUE strings ``--method-option``
+        takes (what the manifest records)."""
+        return {} if self.options is None else self.options.changed()
+
+    @property
+    def uses_frequency(self) -> bool:
+        return FREQUENCY_DEFAULT[self.method] if self.frequency is None else self.frequency
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text;
+        data-aware methods need statistics of the model's activations on calibration text."""
+        method = self.build_method()
+        return (self.uses_frequency or self.method == "ae" or bool(method and method.needs)
+                or self.allocation == "sensitivity")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

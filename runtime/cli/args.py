@@ -1,0 +1,72 @@
+"""What every subcommand shares: the parser class and the argument types that check a flag's syntax and range."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other edgefold error, and no flag is abbreviated
+    (``--target`` must not silently mean ``--targets``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"edgefold: error: {message} (see: {self.prog} --help)\n")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def ratio(text: str) -> float:
+    value = _number(text)
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be greater than 1 (R = 5 keeps a fifth), got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def whole(minimum: int):
+    """A whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        if not text.strip().lstrip("+-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
+        return int(text)
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+positive = whole(1)
+
+
+def positive_list(text: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers of at least 1, each once."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1, got {text!r}")
+    return tuple(dict.fromkeys(int(part) for part in parts))
+
+
+def option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().replace("-", "_"), value.strip()

@@ -1,0 +1,83 @@
+"""``edgefold validate``: gate a candidate folder on accuracy against a reference; exit 1 when a gate fails."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import EdgefoldError
+from ..outputs import check_json_output, write_json
+from . import args as types
+from .export import EXPORT_EXTRA_HINT
+
+
+def add_parser(commands) -> None:
+    validate = commands.add_parser("validate", help="gate a candidate on accuracy against a reference",
+                                   description="Compare a candidate folder with a reference folder on data; "
+                                               "exit 1 if any gate fails.")
+    validate.add_argument("candidate")
+    validate.add_argument("--reference", required=True,
+                          help="an exported folder, or (with edgefold[export]) the original Hugging Face model")
+    validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
+                                         "shipped evaluation text")
+    validate.add_argument("--limit", type=types.positive, metavar="N", help="only the first N items (a quick check)")
+    validate.add_argument("--text-column", default="text")
+    validate.add_argument("--label-column", help="gold labels (classification): adds accuracy and F1")
+    validate.add_argument("--query-column", help="with --positive-column: retrieval recall@1 and MRR")
+    validate.add_argument("--positive-column")
+    validate.add_argument("--gate", action="append", default=[], metavar="METRIC>=VALUE",
+                          help="repeatable, e.g. mean_cosine>=0.98 or accuracy_drop<=0.01 (default: a gate "
+                               "file, else per-task defaults)")
+    validate.add_argument("--gates", metavar="FILE", help='JSON {"gates": [...]} (default: edgefold-gates.json '
+                                                          "in the candidate folder, if present)")
+    validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json)")
+    validate.add_argument("--overwrite", action="store_true", help="replace the JSON report if edgefold wrote it")
+    validate.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dataset import load_data
+    from ..folder import ExportedFolder
+    from ..validate import SCHEMA, failures, validate
+
+    ExportedFolder.open(args.candidate)  # before a reference is exported for it
+    output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
+    check_json_output(output, SCHEMA, args.overwrite)
+    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    data = data.first(args.limit) if args.limit else data
+    with _reference_folder(args.reference) as reference:
+        report = validate(args.candidate, reference, data, args.gate, args.gates)
+    write_json(output, report)
+    print(f"{report['candidate']['name']} against {report['reference']['name']} ({report['task']}) on "
+          f"{data.source}, {len(data.texts)} items")
+    for name, value in report["metrics"].items():
+        print(f"  {name:24} {value:.4f}" if isinstance(value, float) else f"  {name:24} {value}")
+    print(f"wrote {output}")
+    if report["passed"]:
+        print(f"PASS: {report['candidate']['name']} may ship ({len(report['gates'])} gate(s) met)")
+        return 0
+    for line in failures(report):
+        print(f"FAIL: {line}", file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _reference_folder(reference: str) -> Iterator[str]:
+    """An exported folder as it is; a Hugging Face model (folder or hub id) exported unchanged, for the run."""
+    if (Path(reference) / "model.onnx").is_file():
+        yield reference
+        return
+    try:
+        from edgefold import exporter
+    except ImportError:
+        raise EdgefoldError(f"{reference} is not an exported folder; to use a Hugging Face model as the "
+                            f"reference, {EXPORT_EXTRA_HINT}") from None
+    with tempfile.TemporaryDirectory(prefix="edgefold-reference-") as tmp:
+        print(f"exporting the reference {reference} unchanged", file=sys.stderr)
+        exporter.export(reference, Path(tmp) / "reference", exporter.CompressionConfig(method="none"),
+                        progress=False)
+        yield str(Path(tmp) / "reference")

@@ -1,0 +1,136 @@
+"""Where edgefold writes: checked before any work, never over what edgefold did not write, never half a file.
+
+Every command that writes follows one rule. A new path is created. An existing one is replaced only when the
+user asked (``--overwrite``) and only if edgefold wrote it: a JSON result of the same schema, an exported folder
+(it holds our ``edgefold.json``), a report folder, or an empty folder. Anything else is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import EdgefoldError
+
+#: Longest file name most file systems take; staging names add a prefix and a suffix to the output's name.
+_NAME_MAX = 255
+
+
+def check_writable_parent(path: Path) -> None:
+    """Refuse a path whose folder is missing, is not a folder, or cannot be written (found now, not after the work)."""
+    if len(path.name.encode()) > _NAME_MAX:
+        raise EdgefoldError(f"the name {path.name[:40]}... is longer than {_NAME_MAX} bytes")
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise EdgefoldError(f"no such folder: {parent}")
+    if not parent.is_dir():
+        raise EdgefoldError(f"{parent} is not a folder")
+    try:  # root passes os.access on a read-only file system: only a real write tells
+        fd, probe = tempfile.mkstemp(prefix=".edgefold-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise EdgefoldError(f"cannot write in {parent}: {error.strerror}") from None
+
+
+def check_json_output(path: Path, schema: str, overwrite: bool) -> None:
+    """A JSON result may go to ``path``: new, or (with ``overwrite``) an edgefold ``schema`` document."""
+    check_writable_parent(path)
+    if path.is_dir():
+        raise EdgefoldError(f"{path} is a folder; give a file name")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise EdgefoldError(f"{path} exists; pass --overwrite to replace it")
+    if not path.is_file() or path.is_symlink() or _schema(path) != schema:
+        raise EdgefoldError(f"{path} exists and is not an edgefold {schema.split('.')[-1]} result; "
+                            "edgefold replaces only files it wrote")
+
+
+def check_folder_output(path: Path, overwrite: bool, written_by_edgefold: Callable[[Path], bool],
+                        what: str) -> None:
+    """A folder output may go to ``path``: new or empty, or (with ``overwrite``) one ``written_by_edgefold``."""
+    if path.is_symlink():
+        raise EdgefoldError(f"{path} is a symbolic link; give a real folder")
+    if path.exists() and not path.is_dir():
+        raise EdgefoldError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise EdgefoldError(f"{path} already exists; pass --overwrite to replace it")
+        if not written_by_edgefold(path):
+            raise EdgefoldError(f"{path} is not empty and was not written by edgefold (no {what} in it): "
+                                "refusing to replace it")
+    if path.absolute() in (Path.cwd(), *Path.cwd().parents):
+        raise EdgefoldError(f"{path} is the current folder or holds it: give a folder of its own")
+    parent = path.absolute().parent  # the output is staged beside itself, so its parent must take writes
+    nearest = next(p for p in (parent, *parent.parents) if p.exists())
+    check_writable_parent(nearest / path.name)
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write ``document`` whole or not at all (a temporary file renamed into place); NaN and inf are refused."""
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.absolute().parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``path``; when the block succeeds it replaces ``path`` (already checked by
+    :func:`check_folder_output`), and on any failure, Ctrl-C and SIGTERM included, it vanishes."""
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+    try:
+        yield staging
+        _swap_into_place(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    """Rename ``staging`` onto ``path``. The old folder is set aside first; no signal is taken between the two
+    renames (it waits until both are done), and a failed second rename puts the old folder back."""
+    if not path.exists():
+        staging.rename(path)
+        return
+    retired = staging.with_suffix(".replaced")
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        path.rename(retired)
+        try:
+            staging.rename(path)
+        except BaseException:
+            retired.rename(path)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _schema(path: Path) -> str | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document.get("schema") if isinstance(document, dict) else None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
