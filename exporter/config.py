@@ -34,7 +34,7 @@ class CompressionConfig:
 
     ``allocation``: "uniform" gives every module the ratio; "sensitivity" makes the ratio (or ``size_budget``,
     the fp32 bytes of the whole model's weights) a budget for all targeted weights together, with ranks
-    allocated per module by measured fidelity loss (see ``exporter.allocate``).
+    allocated per module by measured fidelity loss (see ``planning.sensitivity``).
     """
 
     method: str = "svd"

@@ -126,7 +126,7 @@ def _csv_rows(text: str, file: Path) -> tuple[list[str] | None, list[tuple[int, 
     header, rows = None, []
     try:
         for record in reader:
-            if not any(field.strip() for field in record):
+            if len(record) < 2 and not "".join(record).strip():  # a blank line
                 continue
             if header is None:
                 header = [name.strip() for name in record]

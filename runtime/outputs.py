@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +23,23 @@ from .errors import EdgefoldError
 _NAME_MAX = 255
 
 
+def check_path(path: Path) -> None:
+    """Refuse a path no file system takes: a NUL byte, a name that is not text, a part longer than 255 bytes."""
+    text = str(path)
+    if "\0" in text:
+        raise EdgefoldError(f"the path {text!r} holds a NUL byte")
+    for part in path.parts:
+        try:
+            size = len(part.encode())
+        except UnicodeEncodeError:
+            raise EdgefoldError(f"the path {text!r} is not valid text") from None
+        if size > _NAME_MAX:
+            raise EdgefoldError(f"the name {part[:40]}... is longer than {_NAME_MAX} bytes")
+
+
 def check_writable_parent(path: Path) -> None:
     """Refuse a path whose folder is missing, is not a folder, or cannot be written (found now, not after the work)."""
-    if len(path.name.encode()) > _NAME_MAX:
-        raise EdgefoldError(f"the name {path.name[:40]}... is longer than {_NAME_MAX} bytes")
+    check_path(path)
     parent = path.absolute().parent
     if not parent.exists():
         raise EdgefoldError(f"no such folder: {parent}")
@@ -56,8 +70,11 @@ def check_json_output(path: Path, schema: str, overwrite: bool) -> None:
 def check_folder_output(path: Path, overwrite: bool, written_by_edgefold: Callable[[Path], bool],
                         what: str) -> None:
     """A folder output may go to ``path``: new or empty, or (with ``overwrite``) one ``written_by_edgefold``."""
+    check_path(path)
     if path.is_symlink():
         raise EdgefoldError(f"{path} is a symbolic link; give a real folder")
+    if path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise EdgefoldError(f"{path} is the current folder or holds it: give a folder of its own")
     if path.exists() and not path.is_dir():
         raise EdgefoldError(f"{path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
@@ -66,8 +83,6 @@ def check_folder_output(path: Path, overwrite: bool, written_by_edgefold: Callab
         if not written_by_edgefold(path):
             raise EdgefoldError(f"{path} is not empty and was not written by edgefold (no {what} in it): "
                                 "refusing to replace it")
-    if path.absolute() in (Path.cwd(), *Path.cwd().parents):
-        raise EdgefoldError(f"{path} is the current folder or holds it: give a folder of its own")
     parent = path.absolute().parent  # the output is staged beside itself, so its parent must take writes
     nearest = next(p for p in (parent, *parent.parents) if p.exists())
     check_writable_parent(nearest / path.name)
@@ -103,23 +118,42 @@ def staged_folder(path: Path) -> Iterator[Path]:
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
-    """Rename ``staging`` onto ``path``. The old folder is set aside first; no signal is taken between the two
-    renames (it waits until both are done), and a failed second rename puts the old folder back."""
+    """Rename ``staging`` onto ``path``. The old folder is set aside first; a signal that arrives between the two
+    renames waits until both are done, and a failed second rename puts the old folder back."""
     if not path.exists():
         staging.rename(path)
         return
     retired = staging.with_suffix(".replaced")
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        path.rename(retired)
-        try:
-            staging.rename(path)
-        except BaseException:
-            retired.rename(path)
-            raise
+        with _signals_held():
+            path.rename(retired)
+            try:
+                staging.rename(path)
+            except BaseException:
+                retired.rename(path)
+                raise
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    shutil.rmtree(retired, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are recorded inside the block and raised again after it. Python runs signal handlers in
+    the main thread whichever thread the signal hit (blocking it there would not do: torch and onnxruntime run
+    threads of their own), so the handlers themselves are swapped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _schema(path: Path) -> str | None:

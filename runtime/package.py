@@ -8,14 +8,17 @@ from the installed package, so the device needs nothing but Python and PyPI::
     wheels/edgefold-0.1.0-py3-none-any.whl
     minilm-svd/model.onnx, config.json, tokenizer.json, edgefold.json, ...
 
-``unpack`` checks every member before it writes anything and refuses the archive if any member could land
-outside the destination (absolute paths, ``..``, links, devices).
+``unpack`` reads the whole archive first (so that gzip's, xz's or bz2's checksums run) and checks every member
+before it writes anything: it refuses a damaged archive, one that expands beyond a cap, and any member that could
+land outside the destination or clash with another (absolute paths, ``..``, links, devices, odd or repeated names).
+``pack`` applies the same checks to what it packs. Either fails with one line and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import lzma
@@ -48,6 +51,18 @@ _MAX_METADATA = 1 << 20
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+def _one_line(function):
+    """Every EdgefoldError of ``function`` as one printable line: the names in it may hold control characters."""
+    @functools.wraps(function)
+    def one_line(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except EdgefoldError as error:
+            raise EdgefoldError(_CONTROL.sub(lambda match: repr(match[0])[1:-1], str(error))) from None
+    return one_line
+
+
+@_one_line
 def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> dict:
     """Write ``archive`` (tar.gz) with the model folder, pinned requirements and an edgefold wheel.
 
@@ -67,14 +82,14 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
         raise EdgefoldError(f"{archive} would lie inside the folder it packs")
     wheel_name, wheel = runtime_wheel()
     requirements = requirements_text(f"./{WHEELS}/{wheel_name}")
-    installer = {_file_info(REQUIREMENTS, len(requirements.encode())): requirements.encode(),
-                 _file_info(f"{WHEELS}/{wheel_name}", len(wheel)): wheel}
+    installer = [(_file_info(REQUIREMENTS, len(requirements.encode())), requirements.encode()),
+                 (_file_info(f"{WHEELS}/{wheel_name}", len(wheel)), wheel)]
     with _failing(f"cannot pack {folder}"):
         entries = _folder_members(model)
-    _check_members([*installer, *(info for info, _ in entries)], f"cannot pack {folder}")
+    _check_members([info for info, _ in installer + entries], f"cannot pack {folder}")
     with (_failing(f"cannot pack {folder} into {archive}"), _atomic(archive) as tmp,
           tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar):
-        for info, data in installer.items():
+        for info, data in installer:
             tar.addfile(info, io.BytesIO(data))
         for info, path in entries:
             if info.isdir():
@@ -86,6 +101,7 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
             "wheel": wheel_name, "requirements": requirements.splitlines(), "bytes": archive.stat().st_size}
 
 
+@_one_line
 def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX_BYTES,
            max_members: int = MAX_MEMBERS) -> Path:
     """Write the archive's model folder to ``destination`` (which must not exist), after checking every member.
@@ -95,10 +111,12 @@ def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX
     archive, destination = Path(archive), Path(destination)
     if not archive.is_file():
         raise EdgefoldError(f"no such archive: {archive}")
+    if archive.stat().st_size == 0:
+        raise EdgefoldError(f"{archive} is empty: not an edgefold archive")
     if os.path.lexists(destination):
         raise EdgefoldError(f"{destination} exists; unpack writes a new folder")
     if not destination.absolute().parent.is_dir():
-        raise EdgefoldError(f"no such folder: {destination.absolute().parent}")
+        raise EdgefoldError(f"{destination.absolute().parent} is not a folder (or does not exist)")
     with _failing(f"cannot read {archive}"), _open(archive) as tar:
         members = _read_to_end(tar, f"refusing {archive}", max_members)
     model = _check_members(members, f"refusing {archive}", max_bytes, max_members)
@@ -162,12 +180,10 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, model: str, staging:
     with tar.extractfile(member) as source, open(target, "xb") as sink:
         while chunk := source.read(1 << 20):
             written += len(chunk)
-            if written > member.size:
-                break
+            if written > member.size:  # the cap was checked on the headers' sizes: hold the data to them
+                raise EdgefoldError(f"refusing the archive: member {member.name!r} holds more than the "
+                                    f"{member.size} bytes its header says")
             sink.write(chunk)
-    if written != member.size:
-        raise EdgefoldError(f"refusing the archive: member {member.name!r} holds other than the {member.size} "
-                            "bytes its header says")
 
 
 def _check_members(members: list[tarfile.TarInfo], refusing: str, max_bytes: int = MAX_BYTES,
@@ -211,7 +227,9 @@ def _member_parts(member: tarfile.TarInfo, refusing: str) -> tuple[str, ...]:
     """The parts of a member's path, or an error if unpack would refuse the member."""
     name, path = member.name, PurePosixPath(member.name)
     problem = None
-    if member.issym() or member.islnk():
+    if not name:  # what tarfile leaves of a folder named "/"
+        problem = "has an empty name"
+    elif member.issym() or member.islnk():
         problem = f"is a link (to {member.linkname!r})"
     elif member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
         problem = "is a device or special file"
@@ -243,8 +261,9 @@ def _folder_members(model: ExportedFolder) -> list[tuple[tarfile.TarInfo, Path]]
     checks refuse them rather than pack silently following or dropping them."""
     entries = []
     for path in _walk(model.path):
-        mode = path.lstat().st_mode
-        info = _file_info(f"{model.name}/{path.relative_to(model.path).as_posix()}", path.lstat().st_size)
+        status = path.lstat()
+        mode = status.st_mode
+        info = _file_info(f"{model.name}/{path.relative_to(model.path).as_posix()}", status.st_size)
         if stat.S_ISDIR(mode):
             info.type, info.mode, info.size = tarfile.DIRTYPE, 0o755, 0
         elif stat.S_ISLNK(mode):
@@ -273,7 +292,7 @@ def _failing(what: str):
     try:
         yield
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
-        raise EdgefoldError(f"{what}: {' '.join(str(error).split()) or type(error).__name__}") from None
+        raise EdgefoldError(f"{what}: {str(error) or type(error).__name__}") from None
 
 
 def requirements_text(wheel: str) -> str:

@@ -37,7 +37,7 @@ def load_results(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
     for path in paths:
         document = _read(Path(path))
         kind = document.get("schema") if isinstance(document, dict) else None
-        if kind not in _SHAPES:
+        if not isinstance(kind, str) or kind not in _SHAPES:
             raise EdgefoldError(f"{path} is neither an edgefold bench nor a validate result")
         version = document.get("schema_version")
         if not (_COUNT[1](version) and 1 <= version <= _VERSIONS[kind]):
@@ -137,8 +137,8 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
         lines += ["## Latency and memory", "", "Emulated timings (qemu) are kept off the device-speed plot.", "",
                   "| machine | model | bytes | threads | batch | seq | p50 ms | peak RSS MB |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {_cell(p['machine'])} | {_cell(p['model'])} | {p['bytes']:,} | {p['threads']} | {p['batch']} | {p['seq']} | "
-                  f"{p['p50_ms']:.2f} | {p['rss_mb']:.0f} |" for p in latency]
+        lines += [f"| {_cell(p['machine'])} | {_cell(p['model'])} | {p['bytes']:,} | {p['threads']} | {p['batch']} | "
+                  f"{p['seq']} | {p['p50_ms']:.2f} | {p['rss_mb']:.0f} |" for p in latency]
         lines += [""]
     plots = _plot(quality, latency, folder)
     lines += [f"![{name}]({name})" for name in plots if name != "quality.png"]
@@ -176,6 +176,7 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
         axis.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(folder / "quality.png", dpi=110)
+        plt.close(figure)
         written.append("quality.png")
     # never one axis for emulated and real timings
     for emulated, name in ((False, "latency.png"), (True, "latency-emulated.png")):
@@ -194,5 +195,6 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
         axis.legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(folder / name, dpi=110)
+        plt.close(figure)
         written.append(name)
     return written

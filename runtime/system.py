@@ -33,7 +33,7 @@ def machine_context(emulated: bool = False) -> dict:
 def _cpuinfo() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, sep, value = line.partition(":")
                 if sep and key.strip().lower() not in info:

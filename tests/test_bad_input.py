@@ -3,13 +3,9 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import MINILM, tree_digest
+from conftest import tree_digest
 
 from edgefold.runtime.cli import main
 
@@ -123,23 +119,3 @@ def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", "--parity-atol", "0", "--quiet",
            match="parity check failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
-def test_ctrl_c_in_the_middle_leaves_no_folder(tmp_path):
-    """SIGINT while the ONNX file is being written: exit 130, no output folder, no staging folder."""
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgefold.runtime.cli", "export", str(MINILM), str(out)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        # A test run started in the background inherits SIGINT ignored, and so would the export: restore it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    for line in process.stderr:
-        if "exporting to ONNX" in line:
-            time.sleep(0.5)
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.stderr.read()
-    assert process.wait(timeout=120) == 130, rest
-    assert "interrupted; nothing was written" in rest
-    assert list(tmp_path.iterdir()) == []

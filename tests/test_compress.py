@@ -3,8 +3,12 @@ import torch
 import transformers
 
 from edgefold.exporter import CompressionConfig, compress_
+from edgefold.exporter.checks.verify import ValidationScorer, fidelity, torch_outputs
+from edgefold.exporter.methods import AutoencoderOptions, SharedBasisOptions, get_method
 from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
+from edgefold.exporter.nn.swap import retie_head, swap
 from edgefold.runtime import EdgefoldError
+from edgefold.runtime.texts import shipped_texts
 
 
 def _load(folder, name):
@@ -70,7 +74,38 @@ def test_gpt2_conv1d_is_replaced_with_the_same_function(tiny_model):
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=0.5), dict(ratio=1), dict(ratio=float("nan")), dict(targets="mlp"),
-                                 dict(method="magic"), dict(targets="")])
+                                 dict(method="magic"), dict(targets=""), dict(ratio=float("inf")), dict(ratio=True),
+                                 dict(rank_multiple=True), dict(seed=-1), dict(size_budget=True),
+                                 dict(method="svd", options=AutoencoderOptions()),
+                                 dict(method="ae", options=SharedBasisOptions()),
+                                 dict(method="ae", options={"epochs": "3"}), dict(method="none", options=AutoencoderOptions())])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(EdgefoldError):
         CompressionConfig(**bad)
+
+
+def test_config_takes_typed_options_and_records_what_differs():
+    config = CompressionConfig(method="ae", options=AutoencoderOptions(epochs=5, preserve_norms=True))
+    assert config.build_method().options.epochs == 5
+    assert config.method_options == {"epochs": "5", "preserve_norms": "true"}
+    assert CompressionConfig(method="ae").method_options == {} == CompressionConfig().method_options
+
+
+@pytest.mark.parametrize("model_class,embedding,head", [
+    ("GPT2LMHeadModel", "transformer.wte", "lm_head"),
+    ("BertForMaskedLM", "bert.embeddings.word_embeddings", "cls.predictions.decoder")])
+def test_an_embedding_candidate_is_scored_with_its_tied_head(model_class, embedding, head, tiny_model):
+    kind = "gpt2-text-generation" if model_class.startswith("GPT2") else "bert-fill-mask"
+    folder = tiny_model(kind)
+    model = _load(folder, model_class)
+    scorer = ValidationScorer(model, shipped_texts()[:8], transformers.AutoTokenizer.from_pretrained(folder))
+    original = model.get_submodule(embedding)
+    factors = get_method("svd").fit(original.weight.detach(), 8)
+    score = scorer.for_module(embedding, "embeddings", original)(factors)
+    assert model.get_submodule(embedding) is original and model.get_submodule(head).weight is original.weight
+    # what the model computes after the swap, where the head shares the candidate
+    retie_head(model, original, swap(model, embedding, "embeddings", factors))
+    assert isinstance(model.get_submodule(head), TiedLowRankHead)
+    swapped = torch_outputs(model, scorer.batches)
+    assert score == pytest.approx(fidelity(scorer.task, scorer.reference, swapped, scorer.batches)["mean_cosine"],
+                                  abs=1e-6)

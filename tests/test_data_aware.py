@@ -149,6 +149,21 @@ def test_empty_calibration_file_is_one_clear_error(capsys, tiny_model, tmp_path)
     assert code == 2 and "has 0 non-empty lines" in line and not (tmp_path / "out").exists()
 
 
+def test_fisher_statistics_of_a_classifier_use_its_sequence_logits(tiny_model, small_calibration):
+    """A classifier's head gives one vector a text, not one a token: the probe must not be masked per token."""
+    folder = tiny_model("distilbert-text-classification")
+    model = transformers.DistilBertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    records = compress_(model, CompressionConfig(method="svd-fisher", targets="ffn", ratio=2), tokenizer=tokenizer,
+                        calibration=Calibration.load(small_calibration), progress=False)
+    assert len(records) == 4 and all(r.status == "factorised" for r in records)
+    fresh = transformers.DistilBertForSequenceClassification.from_pretrained(folder).eval()
+    lin1 = fresh.distilbert.transformer.layer[0].ffn.lin1
+    stats = collect_statistics(fresh, {"lin1": (lin1, False)}, frozenset({"row_importance"}),
+                               shipped_texts(SHIPPED_CALIBRATION)[:20], tokenizer, progress=False)
+    assert stats["lin1"]["row_importance"].shape == (128,) and bool((stats["lin1"]["row_importance"] > 0).all())
+
+
 @pytest.mark.parametrize("method,options", NEW_LAYER_METHODS)
 def test_gpt2_exports_with_every_data_aware_method(method, options, tiny_model, small_calibration, tmp_path):
     config = CompressionConfig(method=method, targets="attention,ffn", ratio=2, options=options,

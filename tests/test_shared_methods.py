@@ -9,7 +9,7 @@ import torch
 import transformers
 from conftest import MINILM
 
-from edgefold.exporter import CompressionConfig, export
+from edgefold.exporter import CompressionConfig, compress_, export
 from edgefold.exporter.methods import (
     CrossLayerOptions,
     FitContext,
@@ -66,6 +66,24 @@ def test_svd_shared_in_groups_of_consecutive_layers():
     assert [len({id(b) for b in bases[i:i + 2]}) for i in range(0, 6, 2)] == [1, 1, 1]
     assert len({id(b) for b in bases}) == 3
     assert sum(fitted.params) <= sum(w.numel() for w in weights) / 2.0
+
+
+@pytest.mark.parametrize("multiple", [8, 32])
+def test_svd_shared_honours_the_rank_multiple(multiple):
+    weights = _group(rows=128, cols=128)  # stacked 512 x 128 at R = 2: rank 51 fits, so 48 or 32
+    context = FitContext(kind="q", rank_multiple=multiple)
+    fitted = get_method("svd-shared").fit_group(weights, 2.0, context)
+    assert context.details["shared_rank"] == {8: 48, 32: 32}[multiple]
+    assert all(f.rank == context.details["shared_rank"] for f in fitted.forms)
+    assert sum(fitted.params) <= sum(w.numel() for w in weights) / 2.0
+
+
+def test_svd_shared_ranks_follow_the_configs_multiple(tiny_model):
+    model = transformers.GPT2LMHeadModel.from_pretrained(tiny_model("gpt2-text-generation")).eval()
+    # c_fc of both layers stacked: 512 x 64 at R = 1.2 fits rank 47, so 40 with multiples of 8, 32 with 32
+    records = compress_(model, CompressionConfig(method="svd-shared", targets="ffn-in", ratio=1.2, rank_multiple=32),
+                        progress=False)
+    assert [r.rank for r in records] == [32, 32]
 
 
 def test_shared_and_separated_autoencoders_fit_the_same_budget():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import math
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Self
@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.runtime import EdgefoldError
 
-#: Calibration statistics a method may need (collected by ``exporter.statistics``, passed in ``FitContext``).
+#: Calibration statistics a method may need (collected by ``calibration.statistics``, passed in ``FitContext``).
 INPUT_MOMENTS = "input_moments"
 ROW_IMPORTANCE = "row_importance"
 
@@ -97,7 +97,7 @@ class FitContext:
     ``kind``: the module kind (see architectures). ``row_weights``: how much each row matters (token
     frequencies), summing to 1, or None for uniform. ``input_moments`` (cols x cols) and ``row_importance``
     (rows), float64: calibration statistics of a Linear, given where the method ``needs`` them (see
-    ``exporter.statistics``).
+    ``calibration.statistics``).
     ``score``: validation fidelity of candidate factors (higher is better), for methods that select a
     checkpoint; computed on text the method does not fit on. ``rank_multiple``: ranks a group method chooses
     itself are multiples of it. ``details`` collects what the method reports.
@@ -176,7 +176,7 @@ class MethodOptions:
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                value = float(value)
+                value = float(value) if abs(value) < 2 ** 1024 else math.inf  # float() overflows past that
             elif kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 value = int(value)
             if type(value) is not kind:

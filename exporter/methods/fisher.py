@@ -1,7 +1,7 @@
 """Fisher-weighted SVD (FWSVD, ICLR 2022): rows that matter more to the model's loss are kept more precisely.
 
 Each output unit's importance I_i is the summed squared gradient of its weights on calibration text (see
-``exporter.statistics`` for the loss: the model's own LM loss, or a Gaussian-output Fisher where the model has
+``calibration.statistics`` for the loss: the model's own LM loss, or a Gaussian-output Fisher where the model has
 no head). The fit is the SVD of diag(sqrt(I)) W truncated and un-weighted. For a diagonal row weighting that is
 exactly every row of W projected on the top right singular vectors of the weighted matrix, which is how it is
 computed here. Embeddings: as ``svd`` (``--frequency`` weights their rows by token counts).

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
-from edgefold.runtime.outputs import check_folder_output, staged_folder
+from edgefold.runtime.outputs import check_folder_output, check_path, staged_folder
 
 __all__ = ["check_output_dir", "staged_folder"]
 
 
 def check_output_dir(output_dir: Path, source_dir: Path, overwrite: bool) -> None:
     """Refuse an output that would touch the source model, or replace what edgefold did not write."""
+    check_path(output_dir)
     out, source = output_dir.resolve(), source_dir.resolve()
     if out == source or source in out.parents or out in source.parents:
         raise EdgefoldError(f"OUTPUT_DIR {output_dir} must not be the source model's folder, lie inside it, "

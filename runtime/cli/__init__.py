@@ -42,13 +42,24 @@ def _version() -> str:
     return f"edgefold {version} (onnxruntime {onnxruntime.__version__}, Python {sys.version.split()[0]})"
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _stop(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM stops the command where it is; later ones are ignored, so the cleanup it
+    starts (staging folders removed) runs to the end."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # A signal ignored when we started (a background job's Ctrl-C) stays ignored.
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _stop)
     try:
         return args.run(args)
     except EdgefoldError as error:
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print("edgefold: terminated; nothing was written", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

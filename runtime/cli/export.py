@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed,
                                         frequency=args.frequency, calibration=args.calibration,
-                                        method_options=dict(args.method_option), allocation=args.allocation,
-                                        size_budget=args.size_budget)
+                                        options=exporter.methods.parse_method_options(args.method,
+                                                                                      dict(args.method_option)),
+                                        allocation=args.allocation, size_budget=args.size_budget)
     graph = exporter.GraphConfig(optimize=args.optimize, quantize=args.quantize, per_channel=args.per_channel,
                                  target=args.quantize_for, formats=tuple(f.strip() for f in args.formats.split(",")))
     atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol
