@@ -153,7 +153,12 @@ def _run_worker(models: list[ExportedFolder], settings: BenchSettings, threads: 
            "batch": batch, "seq_length": length}
     process = subprocess.Popen([sys.executable, "-m", "edgefold.runtime.bench", json.dumps(job)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = process.communicate()
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM in the parent: the worker stops too, not orphaned
+        process.kill()
+        process.wait()
+        raise
     if process.returncode != 0:
         raise EdgefoldError(f"benchmark worker failed: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
     return json.loads(stdout)

@@ -76,6 +76,9 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
         raise EdgefoldError(f"{archive} is a folder; give the archive's file name")
     if os.path.lexists(archive) and not overwrite:
         raise EdgefoldError(f"{archive} exists; pass --overwrite to replace it")
+    if os.path.lexists(archive) and not _packed_by_edgefold(archive):
+        raise EdgefoldError(f"{archive} exists and is not an archive edgefold packed; edgefold replaces only "
+                            "files it wrote")
     if not archive.absolute().parent.is_dir():
         raise EdgefoldError(f"no such folder: {archive.absolute().parent}")
     if archive.resolve().is_relative_to(model.path.resolve()):
@@ -295,8 +298,23 @@ def _failing(what: str):
         raise EdgefoldError(f"{what}: {str(error) or type(error).__name__}") from None
 
 
+def _packed_by_edgefold(archive: Path) -> bool:
+    """Its first member is the requirements.txt that :func:`requirements_text` writes."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            first = tar.next()
+            if first is None or first.name != REQUIREMENTS or not first.isfile() or first.size > 1 << 16:
+                return False
+            return tar.extractfile(first).read().startswith(_REQUIREMENTS_HEADER.encode())
+    except (OSError, EOFError, tarfile.TarError, zlib.error):
+        return False
+
+
+_REQUIREMENTS_HEADER = "# edgefold's runtime and the versions it was tested with (edgefold pack)"
+
+
 def requirements_text(wheel: str) -> str:
-    lines = ["# edgefold's runtime and the versions it was tested with (edgefold pack)", wheel]
+    lines = [_REQUIREMENTS_HEADER, wheel]
     for name in PINNED:
         lines.append(f"{name}=={metadata.version(name)}")
     return "\n".join(lines) + "\n"

@@ -56,6 +56,7 @@ def test_a_global_budget_exports_with_parity_and_stays_within_it(tiny_model, tmp
 
 def test_a_size_budget_in_bytes_sets_the_whole_model_size(tiny_model, tmp_path):
     from edgefold.exporter import CompressionConfig, GraphConfig, export
+    from edgefold.exporter.checks.manifest import format_summary
 
     folder = tiny_model("distilbert-text-classification")
     uniform = export(str(folder), tmp_path / "uniform", CompressionConfig(targets="attention,ffn"),
@@ -65,6 +66,9 @@ def test_a_size_budget_in_bytes_sets_the_whole_model_size(tiny_model, tmp_path):
     manifest = export(str(folder), tmp_path / "out", CompressionConfig(targets="attention,ffn", size_budget=budget),
                       GraphConfig(optimize="none"), progress=False)
     assert manifest["allocation"] == "sensitivity" and manifest["totals"]["model_params_after"] * 4 <= budget
+    summary = format_summary(manifest, tmp_path / "out")
+    assert f"within a size budget of {budget:,} bytes" in summary and "at ratio" not in summary
+    assert manifest["ratio"] is None  # the budget, not a ratio, is what was asked
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -119,3 +119,28 @@ def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", "--parity-atol", "0", "--quiet",
            match="parity check failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--ratio", "3", "--size-budget", "1000"], "give one"),
+    (["--per-channel"], "--per-channel sets int8 weight scales"),
+    (["--calibration", "/missing"], "--calibration is not used by method svd"),
+    (["--method", "svd-whitened", "--calibration", "/missing"], "calibration file not found"),
+    (["--parity-atol", "-1"], "must be 0 or more"),
+    (["--target", "arm64"], "unrecognized arguments: --target"),  # no abbreviation of --targets
+])
+def test_options_that_do_not_apply_or_make_no_sense_fail_before_any_work(capsys, tiny_copy, tmp_path, flags, match):
+    argv = ["export", tiny_copy, tmp_path / "out", *flags]
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith("edgefold: error:") and match in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", ["[1, 2]", "null", '"bert"', '{"model_type": 7}'])
+def test_a_config_json_of_the_wrong_shape_is_one_line(capsys, tiny_copy, tmp_path, config):
+    (tiny_copy / "config.json").write_text(config)
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match="config.json")

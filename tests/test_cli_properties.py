@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import tree_digest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edgefold.runtime.cli import build_parser, main
@@ -71,7 +72,8 @@ def commands(draw) -> list[str]:
     command = draw(st.sampled_from(["export", "bench", "validate", "pack", "unpack", "report"]))
     argv = [command, *draw(_positional(command))]
     flags = _flags(command)
-    for flag in draw(st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True)):
+    chosen = draw(st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True)) if flags else []
+    for flag in chosen:
         action = flags[flag]
         if action.nargs == 0:
             argv.append(flag)
@@ -96,7 +98,7 @@ def tripwires(monkeypatch):
     monkeypatch.setattr(validate, "_METRICS", {task: _trip for task in validate._METRICS})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=int(os.environ.get("EDGEFOLD_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(argv=commands())
 def test_every_bad_input_is_one_line_and_nothing_is_written(argv, playground, tripwires, tmp_path_factory,
@@ -114,6 +116,7 @@ def test_every_bad_input_is_one_line_and_nothing_is_written(argv, playground, tr
     except ReachedWork:
         code = None
     out, err = capsys.readouterr()
+    event(f"{argv[0]}: {'reached the work' if code is None else f'exit {code}'}")
     assert "Traceback" not in err
     if code == 2:
         lines = err.strip().splitlines()

@@ -171,6 +171,17 @@ def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], mode: str = "
     return path
 
 
+def test_pack_overwrite_replaces_only_an_archive_edgefold_packed(tiny, tmp_path):
+    archive = tmp_path / "tiny.tar.gz"
+    pack(tiny, archive)
+    pack(tiny, archive, overwrite=True)  # ours: replaced
+    mine = tmp_path / "mine.tar.gz"
+    _tar(mine, [(_member("notes.txt"), b"years of work")])
+    before = mine.read_bytes()
+    assert "not an archive edgefold packed" in _refused(pack, tiny, mine, overwrite=True)
+    assert mine.read_bytes() == before
+
+
 def test_pack_unpack_round_trip_keeps_every_file_and_folder(tiny, tmp_path):
     packed = pack(tiny, tmp_path / "tiny.tar.gz")
     assert packed["files"] == 3 and packed["model"] == "tiny"
@@ -235,12 +246,6 @@ def test_unpack_takes_every_compression(mode, raw_tar, tiny, tmp_path):
         for member in source:
             tar.addfile(member, source.extractfile(member))
     assert _tree(unpack(tmp_path / "a", tmp_path / "out")) == _tree(tiny)
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    return info
 
 
 BAD_MEMBERS = {

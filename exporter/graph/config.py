@@ -50,6 +50,8 @@ class GraphConfig:
         check_formats(self.formats)
         if self.target != "generic" and self.quantize != "int8":
             raise EdgefoldError(f"--quantize-for {self.target} sets int8 weight types: use it with --quantize int8")
+        if self.per_channel and self.quantize != "int8":
+            raise EdgefoldError("--per-channel sets int8 weight scales: use it with --quantize int8")
 
     @property
     def steps(self) -> list[str]:

@@ -26,8 +26,9 @@ def add_parser(commands) -> None:
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
                              "attention-output, ffn-in, ffn-out (default: all)")
-    export.add_argument("--ratio", type=types.ratio, default=2.0,
-                        help="compression factor R of the targeted weights: they keep 1/R of their parameters")
+    export.add_argument("--ratio", type=types.ratio, default=None,
+                        help="compression factor R of the targeted weights: they keep 1/R of their parameters "
+                             "(default: 2)")
     export.add_argument("--allocation", default="uniform",
                         help="uniform (every module keeps 1/R) or sensitivity (1/R of all targeted weights "
                              "together, ranks per module from measured fidelity loss on calibration text)")
@@ -74,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         from edgefold.exporter.checks.manifest import format_summary
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
-    config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=args.ratio, seed=args.seed,
+    if args.ratio is not None and args.size_budget is not None:
+        raise EdgefoldError("--ratio and --size-budget are two ways to say how small: give one")
+    ratio = 2.0 if args.ratio is None else args.ratio
+    config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=ratio, seed=args.seed,
                                         frequency=args.frequency, calibration=args.calibration,
                                         options=exporter.methods.parse_method_options(args.method,
                                                                                       dict(args.method_option)),

@@ -41,14 +41,13 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..dataset import load_data
-    from ..folder import ExportedFolder
-    from ..validate import SCHEMA, failures, validate
+    from ..validate import SCHEMA, check_inputs, failures, validate
 
-    ExportedFolder.open(args.candidate)  # before a reference is exported for it
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
     check_json_output(output, SCHEMA, args.overwrite)
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
     data = data.first(args.limit) if args.limit else data
+    check_inputs(args.candidate, data, args.gate, args.gates)  # before a reference is exported for it
     with _reference_folder(args.reference) as reference:
         report = validate(args.candidate, reference, data, args.gate, args.gates)
     write_json(output, report)
@@ -73,9 +72,11 @@ def _reference_folder(reference: str) -> Iterator[str]:
         return
     try:
         from edgefold import exporter
+        from edgefold.exporter.source.loading import inspect_model
     except ImportError:
         raise EdgefoldError(f"{reference} is not an exported folder; to use a Hugging Face model as the "
                             f"reference, {EXPORT_EXTRA_HINT}") from None
+    inspect_model(reference)  # a reference that is no model is refused before the progress line
     with tempfile.TemporaryDirectory(prefix="edgefold-reference-") as tmp:
         print(f"exporting the reference {reference} unchanged", file=sys.stderr)
         exporter.export(reference, Path(tmp) / "reference", exporter.CompressionConfig(method="none"),
