@@ -5,13 +5,20 @@
     compress_(model, CompressionConfig(method="svd", targets="embeddings,ffn", ratio=4))   # in place, torch
     export("path/to/model", "out", CompressionConfig(ratio=2))                           # whole pipeline
     export("path/to/model", "out", CompressionConfig(ratio=2), GraphConfig(quantize="int8", formats=("onnx", "ort")))
+    export("path/to/model", "out", CompressionConfig(method="ae", options=AutoencoderOptions(epochs=5)))
 """
 
 from edgefold.exporter.compress import ModuleRecord, compress_
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
-from edgefold.exporter.methods import METHODS
+from edgefold.exporter.methods import (
+    METHODS,
+    AutoencoderOptions,
+    CrossLayerOptions,
+    SharedBasisOptions,
+    parse_method_options,
+)
 from edgefold.exporter.pipeline import DEFAULT_PARITY_ATOL, export
 
-__all__ = ["DEFAULT_PARITY_ATOL", "METHODS", "CompressionConfig", "GraphConfig", "ModuleRecord", "compress_",
-           "export"]
+__all__ = ["DEFAULT_PARITY_ATOL", "METHODS", "AutoencoderOptions", "CompressionConfig", "CrossLayerOptions",
+           "GraphConfig", "ModuleRecord", "SharedBasisOptions", "compress_", "export", "parse_method_options"]

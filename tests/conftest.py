@@ -65,11 +65,19 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def minilm_r2(tmp_path_factory) -> tuple[Path, dict]:
-    """The real MiniLM exported with SVD at R = 2 on every target: (folder, manifest)."""
+def minilm_r2_run(tmp_path_factory) -> dict:
+    """The real MiniLM exported with SVD at R = 2 on every target, and digests of its source folder taken before
+    and after the export."""
     out = tmp_path_factory.mktemp("exports") / "minilm-svd-r2"
+    before = tree_digest(MINILM)
     manifest = export(str(MINILM), out, CompressionConfig(method="svd", ratio=2.0), progress=False)
-    return out, manifest
+    return {"folder": out, "manifest": manifest, "source_before": before, "source_after": tree_digest(MINILM)}
+
+
+@pytest.fixture(scope="session")
+def minilm_r2(minilm_r2_run) -> tuple[Path, dict]:
+    """(folder, manifest) of that export."""
+    return minilm_r2_run["folder"], minilm_r2_run["manifest"]
 
 
 @pytest.fixture(scope="session")

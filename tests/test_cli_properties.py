@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from conftest import tree_digest

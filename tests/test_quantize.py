@@ -39,7 +39,7 @@ def test_int8_on_the_real_minilm(tmp_path, minilm_variants):
 
 def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
     folder = tmp_path / "gpt2-int4"
-    manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=2.5),
+    manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=1.5),
                       GraphConfig(quantize="int4"), progress=False)
     assert manifest["quantization"]["quantized_ops"]["MatMulNBits"] > 0 and _ops(folder)["MatMulNBits"] > 0
     assert _ops(folder)["GatherBlockQuantized"] >= 1  # the token table (and positions) in int4 too

@@ -13,8 +13,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.methods import LowRankFactors
-from edgefold.exporter.nn.layers import TiedLowRankHead, low_rank_module
-from edgefold.exporter.nn.swap import tied_head
+from edgefold.exporter.nn.layers import low_rank_module
+from edgefold.exporter.nn.swap import retie_head, tied_head
 from edgefold.exporter.onnx.export import task_of_model
 from edgefold.exporter.source.architectures import EMBEDDINGS
 from edgefold.runtime.folder import max_positions
@@ -123,7 +123,7 @@ class ValidationScorer:
             candidate = low_rank_module(kind, factors, original)
             self.model.set_submodule(name, candidate)
             if head:
-                self.model.set_submodule(head[0], TiedLowRankHead(candidate, getattr(head[1], "bias", None)))
+                retie_head(self.model, original, candidate)
             try:
                 outputs = torch_outputs(self.model, self.batches)
             finally:

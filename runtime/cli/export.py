@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     ratio = 2.0 if args.ratio is None else args.ratio
     config = exporter.CompressionConfig(method=args.method, targets=args.targets, ratio=ratio, seed=args.seed,
                                         frequency=args.frequency, calibration=args.calibration,
-                                        options=exporter.methods.parse_method_options(args.method,
-                                                                                      dict(args.method_option)),
+                                        options=exporter.parse_method_options(args.method, dict(args.method_option)),
                                         allocation=args.allocation, size_budget=args.size_budget)
     graph = exporter.GraphConfig(optimize=args.optimize, quantize=args.quantize, per_channel=args.per_channel,
                                  target=args.quantize_for, formats=tuple(f.strip() for f in args.formats.split(",")))
