@@ -64,8 +64,8 @@ class CompressionConfig:
             if not isinstance(self.calibration, (str, os.PathLike)):
                 raise EdgefoldError(f"calibration must be a file path (got {self.calibration!r})")
             object.__setattr__(self, "calibration", os.fspath(self.calibration))
-        self._check_allocation()
         self.build_method()  # refuses an unknown method or option now, before any work
+        self._check_allocation()
 
     def _check_targets(self) -> None:
         targets = self.targets
@@ -87,7 +87,7 @@ class CompressionConfig:
             raise EdgefoldError(f"--size-budget must be a positive number of bytes (got {self.size_budget!r})")
         if self.allocation == "sensitivity" and (self.uses_frequency or isinstance(self.build_method(), GroupMethod)):
             raise EdgefoldError("ranks allocated by sensitivity work per module: not with frequency-aware "
-                                "embeddings (--no-frequency) nor with a cross-layer method")
+                                "embeddings (pass --no-frequency) nor with a cross-layer method")
 
     def build_method(self) -> Method | None:
         return get_method(self.method, self.options)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgefoldError
-from .manifest import MANIFEST_NAME, read_json_object, read_manifest
+from .jsonfile import read_json_object
+from .manifest import MANIFEST_NAME, read_manifest
 
 GRAPH = "model.onnx"
 EXTERNAL_DATA = ("model.onnx_data", "model.onnx.data")

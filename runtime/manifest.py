@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .errors import EdgefoldError
+from .jsonfile import read_json_object
 
 MANIFEST_NAME = "edgefold.json"
 SCHEMA = "edgefold.manifest"
 SCHEMA_VERSION = 1
+#: The manifest's list of every file edgefold wrote into the folder: ``--overwrite`` replaces no other.
+CONTENTS = "contents"
 TASKS = ("feature-extraction", "text-classification", "fill-mask", "text-generation")
-
-
-def read_json(path: Path) -> object:
-    """A JSON file's content, or one line saying why it cannot be read."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise EdgefoldError(f"{path} is not UTF-8 text") from None
-    except (OSError, RecursionError) as error:
-        raise EdgefoldError(f"cannot read {path}: {error}") from None
-    except json.JSONDecodeError as error:
-        raise EdgefoldError(f"{path} is not valid JSON: {error}") from None
-
-
-def read_json_object(path: Path) -> dict:
-    content = read_json(path)
-    if not isinstance(content, dict):
-        raise EdgefoldError(f"{path} must hold a JSON object, not {type(content).__name__}")
-    return content
 
 
 def read_manifest(folder: str | Path) -> dict:

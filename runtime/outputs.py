@@ -1,8 +1,9 @@
 """Where edgefold writes: checked before any work, never over what edgefold did not write, never half a file.
 
-Every command that writes follows one rule. A new path is created. An existing one is replaced only when the
-user asked (``--overwrite``) and only if edgefold wrote it: a JSON result of the same schema, an exported folder
-(it holds our ``edgefold.json``), a report folder, or an empty folder. Anything else is refused in one line.
+Every command that writes follows one rule. A new path, or an empty folder, is written. An existing output is
+replaced only when the user asked (``--overwrite``) and only if edgefold wrote it: a JSON result of the same
+schema, an exported folder holding only the files its ``edgefold.json`` lists, a report folder. Anything else is
+refused in one line.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EdgefoldError
+from .jsonfile import read_json
 
 #: Longest file name most file systems take; staging names add a prefix and a suffix to the output's name.
 _NAME_MAX = 255
+_PATH_MAX = 4096
 
 
 def check_path(path: Path) -> None:
     """Refuse a path no file system takes: a NUL byte, a name that is not text, a part longer than 255 bytes."""
     text = str(path)
+    if len(os.fsencode(os.path.abspath(text))) >= _PATH_MAX:
+        raise EdgefoldError(f"the path {text[:40]}... is longer than {_PATH_MAX} bytes")
     if "\0" in text:
         raise EdgefoldError(f"the path {text!r} holds a NUL byte")
     for part in path.parts:
@@ -81,24 +86,32 @@ def check_folder_output(path: Path, overwrite: bool, written_by_edgefold: Callab
         if not overwrite:
             raise EdgefoldError(f"{path} already exists; pass --overwrite to replace it")
         if not written_by_edgefold(path):
-            raise EdgefoldError(f"{path} is not empty and was not written by edgefold (no {what} in it): "
-                                "refusing to replace it")
+            raise EdgefoldError(f"{path} holds files edgefold did not write (or no {what} of its own): "
+                                "refusing to replace it; move them out or choose another folder")
     parent = path.absolute().parent  # the output is staged beside itself, so its parent must take writes
     nearest = next(p for p in (parent, *parent.parents) if p.exists())
     check_writable_parent(nearest / path.name)
 
 
 def write_json(path: Path, document: dict) -> None:
-    """Write ``document`` whole or not at all (a temporary file renamed into place); NaN and inf are refused."""
+    """Write ``document`` whole or not at all; NaN and inf, which JSON does not have, are refused."""
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.absolute().parent)
+    with staged_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary file beside ``path``; it replaces ``path`` when the block succeeds, and on any failure
+    (Ctrl-C and SIGTERM included) it vanishes."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -108,7 +121,7 @@ def staged_folder(path: Path) -> Iterator[Path]:
     :func:`check_folder_output`), and on any failure, Ctrl-C and SIGTERM included, it vanishes."""
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield staging
@@ -124,16 +137,19 @@ def _swap_into_place(staging: Path, path: Path) -> None:
         staging.rename(path)
         return
     retired = staging.with_suffix(".replaced")
+    swapped = False
     try:
         with _signals_held():
             path.rename(retired)
             try:
                 staging.rename(path)
+                swapped = True
             except BaseException:
                 retired.rename(path)
                 raise
     finally:
-        shutil.rmtree(retired, ignore_errors=True)
+        if swapped:  # never the only copy of the old folder
+            shutil.rmtree(retired, ignore_errors=True)
 
 
 @contextmanager
@@ -158,8 +174,8 @@ def _signals_held() -> Iterator[None]:
 
 def _schema(path: Path) -> str | None:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        document = read_json(path)
+    except EdgefoldError:
         return None
     return document.get("schema") if isinstance(document, dict) else None
 

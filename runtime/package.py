@@ -24,10 +24,8 @@ import io
 import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from importlib import metadata, resources
@@ -35,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import EdgefoldError
 from .folder import GRAPH, ExportedFolder
+from .outputs import staged_file, staged_folder
 
 REQUIREMENTS = "requirements.txt"
 WHEELS = "wheels"
@@ -76,7 +75,8 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
         raise EdgefoldError(f"{archive} is a folder; give the archive's file name")
     if os.path.lexists(archive) and not overwrite:
         raise EdgefoldError(f"{archive} exists; pass --overwrite to replace it")
-    if os.path.lexists(archive) and not _packed_by_edgefold(archive):
+    if os.path.lexists(archive) and (archive.is_symlink() or not archive.is_file()
+                                     or not _packed_by_edgefold(archive)):
         raise EdgefoldError(f"{archive} exists and is not an archive edgefold packed; edgefold replaces only "
                             "files it wrote")
     if not archive.absolute().parent.is_dir():
@@ -90,7 +90,7 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
     with _failing(f"cannot pack {folder}"):
         entries = _folder_members(model)
     _check_members([info for info, _ in installer + entries], f"cannot pack {folder}")
-    with (_failing(f"cannot pack {folder} into {archive}"), _atomic(archive) as tmp,
+    with (_failing(f"cannot pack {folder} into {archive}"), staged_file(archive) as tmp,
           tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar):
         for info, data in installer:
             tar.addfile(info, io.BytesIO(data))
@@ -124,7 +124,7 @@ def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX
         members = _read_to_end(tar, f"refusing {archive}", max_members)
     model = _check_members(members, f"refusing {archive}", max_bytes, max_members)
     with (_failing(f"cannot unpack {archive} into {destination}"), _open(archive) as tar,
-          _atomic_folder(destination) as staging):
+          staged_folder(destination) as staging):
         for member in members:
             _extract(tar, member, model, staging)
     return destination
@@ -345,7 +345,9 @@ def runtime_wheel() -> tuple[str, bytes]:
 
 
 def _package_files(root: Path) -> list[tuple[str, bytes]]:
-    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    # the code and the shipped text only: nothing else that happens to lie in an editable checkout
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts
+             and (p.suffix == ".py" or (p.parent.name == "data" and p.suffix in (".txt", ".md")))]
     return [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(files)]
 
 
@@ -358,32 +360,3 @@ def _file_info(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, _MTIME
     return info
-
-
-@contextlib.contextmanager
-def _atomic(path: Path):
-    """A temporary file beside ``path``, renamed onto it only if the block succeeds (whatever else happens,
-    Ctrl-C included, it is removed)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent)
-    try:
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the archive from other users
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def _atomic_folder(path: Path):
-    """A staging folder beside ``path``, renamed onto it only if the block succeeds (else removed)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent))
-    try:
-        yield staging
-        staging.rename(path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)

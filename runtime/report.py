@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .bench import SCHEMA as BENCH
 from .bench import SCHEMA_VERSION as BENCH_VERSION
 from .errors import EdgefoldError
+from .jsonfile import read_json
 from .validate import SCHEMA as VALIDATE
 from .validate import SCHEMA_VERSION as VALIDATE_VERSION
 
@@ -35,7 +35,7 @@ def load_results(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
     """Bench and validate documents, each checked to hold what the report reads: one line naming any that fails."""
     benches, validations = [], []
     for path in paths:
-        document = _read(Path(path))
+        document = read_json(Path(path), strict=True)
         kind = document.get("schema") if isinstance(document, dict) else None
         if not isinstance(kind, str) or kind not in _SHAPES:
             raise EdgefoldError(f"{path} is neither an edgefold bench nor a validate result")
@@ -52,18 +52,6 @@ def load_results(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
             raise EdgefoldError(f"{path} is not a well-formed {kind} result: {problem}")
         (benches if kind == BENCH else validations).append(document)
     return benches, validations
-
-
-def _read(path: Path) -> object:
-    def refuse(constant: str) -> None:
-        raise EdgefoldError(f"{path} holds {constant}, which is not JSON")
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
-    except UnicodeDecodeError:
-        raise EdgefoldError(f"{path} is not UTF-8 text") from None
-    except (OSError, json.JSONDecodeError, RecursionError) as error:
-        raise EdgefoldError(f"cannot read {path}: {error}") from None
 
 
 def _problem(value: object, shape: object, where: str) -> str | None:
@@ -171,7 +159,7 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
         figure, axis = plt.subplots(figsize=(6.5, 4.2))
         for q in quality:
             axis.scatter(q["bytes"] / 2**20, q["value"], color="tab:green" if q["passed"] else "tab:red")
-            axis.annotate(q["model"], (q["bytes"] / 2**20, q["value"]), fontsize=7)
+            axis.annotate(q["model"], (q["bytes"] / 2**20, q["value"]), fontsize=7, parse_math=False)
         axis.set(xlabel="MB on disk", ylabel=quality[0]["metric"], title="accuracy against bytes")
         axis.grid(alpha=0.3)
         figure.tight_layout()
@@ -186,9 +174,11 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
         figure, axis = plt.subplots(figsize=(6.5, 4.2))
         for machine in dict.fromkeys(p["machine"] for p in points):
             mine = [p for p in points if p["machine"] == machine]
-            axis.scatter([p["bytes"] / 2**20 for p in mine], [p["p50_ms"] for p in mine], label=machine)
+            label = machine.replace("$", r"\$")  # names are text, not mathtext
+            axis.scatter([p["bytes"] / 2**20 for p in mine], [p["p50_ms"] for p in mine], label=label)
             for p in mine:
-                axis.annotate(f"{p['model']} t{p['threads']}", (p["bytes"] / 2**20, p["p50_ms"]), fontsize=7)
+                axis.annotate(f"{p['model']} t{p['threads']}", (p["bytes"] / 2**20, p["p50_ms"]), fontsize=7,
+                              parse_math=False)
         axis.set(xlabel="MB on disk", ylabel="p50 latency, ms",
                  title="latency against bytes" + (" (EMULATED, not device speed)" if emulated else ""))
         axis.grid(alpha=0.3)

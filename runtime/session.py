@@ -35,6 +35,14 @@ def create_session(model_path: str | Path, options: ort.SessionOptions) -> ort.I
         raise EdgefoldError(f"onnxruntime cannot load {model_path}: {' '.join(str(error).split())}") from error
 
 
+def run(session: ort.InferenceSession, outputs: list[str] | None, feed: dict) -> list[np.ndarray]:
+    """``session.run``; a graph that fails on these inputs (a wrong shape or type inside) is one line."""
+    try:
+        return session.run(outputs, feed)
+    except Exception as error:  # onnxruntime's errors have no common base class
+        raise EdgefoldError(f"onnxruntime failed to run the graph: {' '.join(str(error).split())[:300]}") from error
+
+
 def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
     """Inputs for one forward pass over a right-padded batch.
 
@@ -64,6 +72,8 @@ def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_ma
 def _empty_cache_shape(shape: list, batch: int) -> tuple[int, ...]:
     # (batch, heads, past_length, head_dim): the symbolic batch gets the batch size, the past length 0.
     dims = [d if isinstance(d, int) else -1 for d in shape]
+    if len(dims) != 4:
+        raise EdgefoldError(f"cannot size the cache input with shape {shape}: expected 4 dimensions")
     dims[0] = batch
     dims[2] = 0
     if any(d < 0 for d in dims):

@@ -13,14 +13,14 @@ import numpy as np
 from .dataset import EvalData, check_data
 from .errors import EdgefoldError
 from .folder import ExportedFolder
-from .manifest import read_json
+from .jsonfile import read_json
 from .metrics import (
     mean_pool,
     neighbour_agreement,
     row_cosines,
     spearman_of_similarities,
 )
-from .session import make_feed, open_session
+from .session import make_feed, open_session, run
 from .system import machine_context
 
 SCHEMA = "edgefold.validate"
@@ -197,7 +197,7 @@ def _outputs(model: _Model, texts: list[str]) -> tuple[list[np.ndarray], list[tu
     outputs, batches = [], []
     for start in range(0, len(texts), _BATCH):
         ids, mask = model.encoder.encode(texts[start:start + _BATCH], max_length=model.length)
-        outputs.append(model.session.run([first], make_feed(model.session, ids, mask))[0])
+        outputs.append(run(model.session, [first], make_feed(model.session, ids, mask))[0])
         batches.append((ids, mask))
     return outputs, batches
 
@@ -281,10 +281,10 @@ def _perplexity(model: _Model, texts: list[str]) -> float | None:
             inside = (position >= 1) & (position < mask.sum(axis=1, keepdims=True) - 1)  # not [CLS] / [SEP]
             chosen = inside & (position % 7 == 1)
             feed_ids = np.where(chosen, model.mask_id, ids)
-            logits = session.run(["logits"], make_feed(session, feed_ids, mask))[0]
+            logits = run(session, ["logits"], make_feed(session, feed_ids, mask))[0]
             targets, where = ids, chosen
         else:
-            logits = session.run(["logits"], make_feed(session, ids, mask))[0][:, :-1]
+            logits = run(session, ["logits"], make_feed(session, ids, mask))[0][:, :-1]
             targets, where = ids[:, 1:], mask[:, 1:].astype(bool)
         logits = logits - logits.max(-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -81,9 +81,13 @@ def test_existing_output_without_overwrite_is_kept(capsys, tiny_copy, tmp_path):
 def test_overwrite_replaces_the_whole_folder_edgefold_wrote(capsys, tiny_copy, tmp_path):
     out = tmp_path / "out"
     assert main(["export", str(tiny_copy), str(out), "--quiet", "--method", "none"]) == 0
-    (out / "stale.txt").write_text("old")
+    (out / "edgefold-gates.json").write_text('{"gates": ["mean_cosine>=0.99"]}')  # the user's, added since
+    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 2
+    assert "holds files edgefold did not write" in capsys.readouterr().err
+    (out / "edgefold-gates.json").unlink()
+    old_manifest = (out / "edgefold.json").read_text()
     assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "model.onnx").is_file()
+    assert (out / "edgefold.json").read_text() != old_manifest and (out / "model.onnx").is_file()
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's private one

@@ -38,7 +38,7 @@ def user_folder(tmp_path) -> Path:
 def test_export_overwrite_refuses_a_folder_edgefold_did_not_write(capsys, tiny_model, user_folder):
     before = tree_digest(user_folder)
     _one_error(capsys, ["export", tiny_model("bert-fill-mask"), user_folder, "--overwrite"],
-               match="was not written by edgefold")
+               match="holds files edgefold did not write")
     assert tree_digest(user_folder) == before
 
 
@@ -97,7 +97,7 @@ def test_report_never_writes_into_a_user_folder(capsys, tmp_path, user_folder):
     result.write_text("{}")
     before = tree_digest(user_folder)
     _one_error(capsys, ["report", result, "-o", user_folder], match="already exists; pass --overwrite")
-    _one_error(capsys, ["report", result, "-o", user_folder, "--overwrite"], match="not written by edgefold")
+    _one_error(capsys, ["report", result, "-o", user_folder, "--overwrite"], match="holds files edgefold did not write")
     assert tree_digest(user_folder) == before
 
 
@@ -146,10 +146,10 @@ def test_a_signal_during_export_leaves_nothing_behind(tmp_path, sig, code, word)
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
     # The tracer can absorb a signal under load: send again until the export reacts (later ones are ignored).
-    while process.poll() is None and not any("nothing was written" in line for line in lines):
+    while process.poll() is None and not any("no output was left half-written" in line for line in lines):
         process.send_signal(sig)
         time.sleep(2)
     assert process.wait(timeout=120) == code, lines
     reader.join(timeout=10)
-    assert any(f"{word}; nothing was written" in line for line in lines), lines
+    assert any(f"{word}; no output was left half-written" in line for line in lines), lines
     assert list(tmp_path.iterdir()) == []

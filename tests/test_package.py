@@ -187,6 +187,9 @@ def test_pack_unpack_round_trip_keeps_every_file_and_folder(tiny, tmp_path):
     assert packed["files"] == 3 and packed["model"] == "tiny"
     assert unpack(tmp_path / "tiny.tar.gz", tmp_path / "out") == tmp_path / "out"
     assert _tree(tmp_path / "out") == _tree(tiny) and "sub/empty" in _tree(tiny)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not a private one
 
 
 @pytest.fixture
@@ -324,7 +327,7 @@ def test_unpack_into_a_parent_that_is_a_file_or_cannot_be_written(raw_tar, tmp_p
     if os.geteuid() == 0:  # root writes anywhere: make the staging folder fail as a read-only parent would
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(read_only))
-        monkeypatch.setattr(package.tempfile, "mkdtemp", denied)
+        monkeypatch.setattr("edgefold.runtime.outputs.tempfile.mkdtemp", denied)
     assert "Permission denied" in _refused(unpack, archive, read_only / "dest")
     assert list(read_only.iterdir()) == []
 

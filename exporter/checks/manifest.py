@@ -12,7 +12,7 @@ from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import NO_COMPRESSION
 from edgefold.exporter.source.architectures import ALL_KINDS
 from edgefold.exporter.source.loading import SourceModel
-from edgefold.runtime.manifest import MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
+from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
 
 _VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
 
@@ -84,6 +84,9 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write ``edgefold.json`` last, listing every file of the folder: what ``--overwrite`` may later replace."""
+    written = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    manifest[CONTENTS] = sorted([*written, MANIFEST_NAME])
     path = folder / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path

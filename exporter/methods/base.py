@@ -176,7 +176,10 @@ class MethodOptions:
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                value = float(value) if abs(value) < 2 ** 1024 else math.inf  # float() overflows past that
+                try:
+                    value = float(value)
+                except OverflowError:  # an int past float's range
+                    value = math.inf
             elif kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 value = int(value)
             if type(value) is not kind:

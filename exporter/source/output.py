@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
+from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, read_manifest
 from edgefold.runtime.outputs import check_folder_output, check_path, staged_folder
 
 __all__ = ["check_output_dir", "staged_folder"]
@@ -18,12 +18,15 @@ def check_output_dir(output_dir: Path, source_dir: Path, overwrite: bool) -> Non
     if out == source or source in out.parents or out in source.parents:
         raise EdgefoldError(f"OUTPUT_DIR {output_dir} must not be the source model's folder, lie inside it, "
                             "or contain it")
-    check_folder_output(output_dir, overwrite, _is_export, MANIFEST_NAME)
+    check_folder_output(output_dir, overwrite, _only_what_edgefold_wrote, MANIFEST_NAME)
 
 
-def _is_export(folder: Path) -> bool:
+def _only_what_edgefold_wrote(folder: Path) -> bool:
+    """An export's folder holding nothing but the files its manifest lists (a gate file or notes added since
+    would be lost with it)."""
     try:
-        read_manifest(folder)
+        listed = read_manifest(folder).get(CONTENTS)
     except EdgefoldError:
         return False
-    return True
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()}
+    return isinstance(listed, list) and present <= set(listed)

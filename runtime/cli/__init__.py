@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from importlib import metadata
@@ -22,7 +23,7 @@ class Terminated(BaseException):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="edgefold", description=__doc__, epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     export.add_parser(commands)
     bench.add_parser(commands)
@@ -32,14 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    import onnxruntime
+class _Version(argparse.Action):
+    """``--version``: edgefold's, and the onnxruntime and Python it runs on (imported only when asked)."""
 
-    try:
-        version = metadata.version("edgefold")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"edgefold {version} (onnxruntime {onnxruntime.__version__}, Python {sys.version.split()[0]})"
+    def __call__(self, parser, namespace, values, option_string=None):
+        import onnxruntime
+
+        try:
+            version = metadata.version("edgefold")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        parser.exit(message=f"edgefold {version} (onnxruntime {onnxruntime.__version__}, "
+                            f"Python {sys.version.split()[0]})\n")
 
 
 def _stop(signum, frame) -> None:
@@ -51,6 +56,14 @@ def _stop(signum, frame) -> None:
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_ALL_OR_NOTHING = "no output was left half-written"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _error(message: str) -> int:
+    """One line on stderr, whatever the message holds (a file name may carry a newline), and exit code 2."""
+    print(f"edgefold: error: {_CONTROL.sub(lambda m: repr(m[0])[1:-1], message)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,18 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except EdgefoldError as error:
-        print(f"edgefold: error: {error}", file=sys.stderr)
-        return 2
+        return _error(str(error))
+    except OSError as error:  # the file system said no (permissions, space, names): the user's to fix
+        return _error(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
     except KeyboardInterrupt:
-        print("edgefold: interrupted; nothing was written", file=sys.stderr)
+        print(f"edgefold: interrupted; {_ALL_OR_NOTHING}", file=sys.stderr)
         return 130
     except Terminated:
-        print("edgefold: terminated; nothing was written", file=sys.stderr)
+        print(f"edgefold: terminated; {_ALL_OR_NOTHING}", file=sys.stderr)
         return 143
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
