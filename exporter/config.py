@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 
 from edgefold.exporter.methods import (
-    FREQUENCY_DEFAULT,
     GroupMethod,
     Method,
     MethodOptions,
@@ -100,7 +99,10 @@ class CompressionConfig:
 
     @property
     def uses_frequency(self) -> bool:
-        return FREQUENCY_DEFAULT[self.method] if self.frequency is None else self.frequency
+        if self.frequency is not None:
+            return self.frequency
+        method = self.build_method()
+        return bool(method and method.frequency_default)
 
     @property
     def needs_calibration(self) -> bool:

@@ -34,10 +34,6 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     SeparatedAutoencoder)}
 #: ``--method none`` exports the model unchanged: the reference for ``validate``, the baseline for ``bench``.
 NO_COMPRESSION = "none"
-#: Frequency-aware embeddings by default: the autoencoder as edgefold recommends it; SVD as the plain baseline.
-FREQUENCY_DEFAULT = {"svd": False, "ae": True, NO_COMPRESSION: False,
-                     "svd-whitened": False, "svd-fisher": False, "svd-shared": False, "ae-shared": False,
-                     "ae-separated": False}
 
 
 def get_method(name: str, options: MethodOptions | None = None) -> Method | None:
@@ -69,6 +65,6 @@ def _method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["FREQUENCY_DEFAULT", "METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
+__all__ = ["METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
            "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "MethodOptions",
            "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "get_method", "parse_method_options"]

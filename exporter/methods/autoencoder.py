@@ -89,6 +89,7 @@ class _Autoencoder(nn.Module):
 class DirectionAwareAutoencoder(Method):
     name = "ae"
     iterative = True
+    frequency_default = True
     options_type = AutoencoderOptions
     options: AutoencoderOptions
 

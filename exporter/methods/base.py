@@ -240,6 +240,9 @@ class Method(ABC):
     #: Calibration statistics the method uses for Linears ("input_moments", "row_importance"); they are
     #: collected on the original model and passed through ``FitContext``.
     needs: frozenset[str] = frozenset()
+    #: Frequency-aware embeddings unless the user says otherwise (the autoencoder as edgefold recommends it;
+    #: SVD stays the plain baseline).
+    frequency_default: ClassVar[bool] = False
     #: Trained by gradient steps (slow to fit at many ranks); the global allocation measures with SVD instead.
     iterative: ClassVar[bool] = False
     #: The class of the method's settings; None: it has none.

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..outputs import check_json_output, write_json
-from . import args as types
+from . import args as flags
 
 
 def add_parser(commands) -> None:
@@ -15,16 +15,16 @@ def add_parser(commands) -> None:
                                             "runs in its own process. Writes JSON and prints a table.")
     bench.add_argument("folder")
     bench.add_argument("--compare", metavar="OTHER_DIR", help="a second folder, measured alternately")
-    bench.add_argument("--threads", type=types.positive_list, default=None,
+    bench.add_argument("--threads", type=flags.positive_list, default=None,
                        help="comma-separated (default: 1 and all cores)")
-    bench.add_argument("--batch", type=types.positive_list, default=(1,), help="comma-separated batch sizes (default 1)")
-    bench.add_argument("--seq", type=types.positive_list, default=(128,),
+    bench.add_argument("--batch", type=flags.positive_list, default=(1,), help="comma-separated batch sizes (default 1)")
+    bench.add_argument("--seq", type=flags.positive_list, default=(128,),
                        help="comma-separated sequence lengths (default 128)")
     bench.add_argument("--inputs", choices=("text", "synthetic"), default="text",
                        help="token ids from the folder's tokenizer on shipped text, or random ids")
-    bench.add_argument("--warmup", type=types.whole(0), default=10)
-    bench.add_argument("--iterations", type=types.positive, default=10, help="at least this many timed runs ...")
-    bench.add_argument("--min-seconds", type=types.non_negative, default=10.0, help="... and at least this long")
+    bench.add_argument("--warmup", type=flags.whole(0), default=10)
+    bench.add_argument("--iterations", type=flags.positive, default=10, help="at least this many timed runs ...")
+    bench.add_argument("--min-seconds", type=flags.non_negative, default=10.0, help="... and at least this long")
     bench.add_argument("--ort-optimization-level", choices=("disable", "basic", "extended", "all"), default="all",
                        help="onnxruntime's graph optimisation level for the session (default: all)")
     bench.add_argument("--no-arena", action="store_true", help="disable onnxruntime's CPU memory arena")

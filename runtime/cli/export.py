@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import EdgefoldError
-from . import args as types
+from . import args as flags
 
 EXPORT_EXTRA_HINT = 'the exporter is not installed: pip install "edgefold[export]"'
 
@@ -26,13 +26,13 @@ def add_parser(commands) -> None:
     export.add_argument("--targets", default="embeddings,attention,ffn",
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
                              "attention-output, ffn-in, ffn-out (default: all)")
-    export.add_argument("--ratio", type=types.ratio, default=None,
+    export.add_argument("--ratio", type=flags.ratio, default=None,
                         help="compression factor R of the targeted weights: they keep 1/R of their parameters "
                              "(default: 2)")
     export.add_argument("--allocation", default="uniform",
                         help="uniform (every module keeps 1/R) or sensitivity (1/R of all targeted weights "
                              "together, ranks per module from measured fidelity loss on calibration text)")
-    export.add_argument("--size-budget", metavar="BYTES", type=types.positive, default=None,
+    export.add_argument("--size-budget", metavar="BYTES", type=flags.positive, default=None,
                         help="instead of --ratio: the whole model's weights in at most BYTES (fp32), ranks "
                              "allocated by sensitivity")
     export.add_argument("--calibration", metavar="FILE",
@@ -41,7 +41,7 @@ def add_parser(commands) -> None:
     export.add_argument("--frequency", action=argparse.BooleanOptionalAction, default=None,
                         help="weight embedding rows by token frequency and keep the most frequent exact "
                              "(default: on for ae, off for svd)")
-    export.add_argument("--method-option", metavar="NAME=VALUE", action="append", default=[], type=types.option,
+    export.add_argument("--method-option", metavar="NAME=VALUE", action="append", default=[], type=flags.option,
                         help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
                              "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
                              "svd_init, preserve_norms, whitened, ...; see README)")
@@ -58,8 +58,8 @@ def add_parser(commands) -> None:
     export.add_argument("--format", dest="formats", default="onnx",
                         help="onnx, or onnx,ort to also write onnxruntime's mobile format (.ort) and the "
                              "operator list for a reduced-size build")
-    export.add_argument("--seed", type=types.whole(0), default=0)
-    export.add_argument("--parity-atol", type=types.non_negative, default=None,
+    export.add_argument("--seed", type=flags.whole(0), default=0)
+    export.add_argument("--parity-atol", type=flags.non_negative, default=None,
                         help="largest ONNX-vs-torch difference accepted (default 1e-3)")
     export.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT_DIR if edgefold wrote it (it holds an edgefold.json) or it is empty")

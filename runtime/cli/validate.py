@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import EdgefoldError
 from ..outputs import check_json_output, write_json
-from . import args as types
+from . import args as flags
 from .export import EXPORT_EXTRA_HINT
 
 
@@ -24,7 +24,7 @@ def add_parser(commands) -> None:
                           help="an exported folder, or (with edgefold[export]) the original Hugging Face model")
     validate.add_argument("--data", help="a .txt (one item per line), .jsonl or .csv file; default: the "
                                          "shipped evaluation text")
-    validate.add_argument("--limit", type=types.positive, metavar="N", help="only the first N items (a quick check)")
+    validate.add_argument("--limit", type=flags.positive, metavar="N", help="only the first N items (a quick check)")
     validate.add_argument("--text-column", default="text")
     validate.add_argument("--label-column", help="gold labels (classification): adds accuracy and F1")
     validate.add_argument("--query-column", help="with --positive-column: retrieval recall@1 and MRR")
