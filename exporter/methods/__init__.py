@@ -54,7 +54,7 @@ def parse_method_options(method: str, options: Mapping[str, str]) -> MethodOptio
     kind = None if method == NO_COMPRESSION else _method_class(method).options_type
     if kind is None:
         if options:
-            raise EdgefoldError(f"method {method} takes no options (got {', '.join(options)})")
+            raise EdgefoldError(f"method {method} takes no options (got {', '.join(map(repr, options))})")
         return None
     return kind.parse(options, method)
 
