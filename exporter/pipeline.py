@@ -11,16 +11,10 @@ import onnx
 import torch
 from torch import nn
 
+from edgefold.exporter.calibration.batches import max_text_length, onnx_outputs, tokenize, torch_outputs
 from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.checks.manifest import build_manifest, write_manifest
-from edgefold.exporter.checks.verify import (
-    fidelity,
-    max_abs_difference,
-    max_text_length,
-    onnx_outputs,
-    tokenize,
-    torch_outputs,
-)
+from edgefold.exporter.checks.verify import fidelity, max_abs_difference
 from edgefold.exporter.compress import compress_
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import (

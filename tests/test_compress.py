@@ -3,7 +3,8 @@ import torch
 import transformers
 
 from edgefold.exporter import CompressionConfig, compress_
-from edgefold.exporter.checks.verify import ValidationScorer, fidelity, torch_outputs
+from edgefold.exporter.calibration.batches import torch_outputs
+from edgefold.exporter.checks.verify import ValidationScorer, fidelity
 from edgefold.exporter.methods import AutoencoderOptions, SharedBasisOptions, get_method
 from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear, TiedLowRankHead
 from edgefold.exporter.nn.swap import retie_head, swap

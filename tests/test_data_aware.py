@@ -8,9 +8,10 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, compress_, export
+from edgefold.exporter.calibration.batches import tokenize, torch_outputs
 from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION, Calibration
 from edgefold.exporter.calibration.statistics import collect_statistics, input_moments
-from edgefold.exporter.checks.verify import fidelity, tokenize, torch_outputs
+from edgefold.exporter.checks.verify import fidelity
 from edgefold.exporter.methods import AutoencoderOptions, FitContext, get_method
 from edgefold.exporter.onnx.export import ort_model_class
 from edgefold.runtime.cli import main

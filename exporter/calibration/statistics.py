@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from edgefold.exporter.checks.verify import TextBatch, max_text_length, tokenize
+from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
 from edgefold.exporter.methods.base import INPUT_MOMENTS, ROW_IMPORTANCE
 from edgefold.exporter.onnx.export import task_of_model
 

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefold.exporter.checks.verify import (
-    TextBatch,
-    fidelity,
-    max_abs_difference,
-    onnx_outputs,
-)
+from edgefold.exporter.calibration.batches import TextBatch, onnx_outputs
+from edgefold.exporter.checks.verify import fidelity, max_abs_difference
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.mobile import check_formats, write_ort_format
 from edgefold.exporter.graph.optimize import check_mode

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgefold.exporter.checks.verify import TextBatch, max_abs_difference, onnx_outputs
+from edgefold.exporter.calibration.batches import TextBatch, onnx_outputs
+from edgefold.exporter.checks.verify import max_abs_difference
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.session import make_feed, open_session
 
