@@ -17,13 +17,9 @@ from edgefold.exporter.checks.manifest import build_manifest, write_manifest
 from edgefold.exporter.checks.verify import fidelity, max_abs_difference
 from edgefold.exporter.compress import compress_
 from edgefold.exporter.config import CompressionConfig
-from edgefold.exporter.graph.config import (
-    GraphConfig,
-    GraphInputs,
-    convert_to_ort,
-    quantize_graph,
-)
+from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.optimize import optimize
+from edgefold.exporter.graph.steps import GraphInputs, convert_to_ort, quantize_graph
 from edgefold.exporter.nn.layers import LowRankEmbedding
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
