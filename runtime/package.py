@@ -23,7 +23,6 @@ import hashlib
 import io
 import lzma
 import os
-import re
 import stat
 import tarfile
 import zipfile
@@ -31,7 +30,7 @@ import zlib
 from importlib import metadata, resources
 from pathlib import Path, PurePosixPath
 
-from .errors import EdgefoldError
+from .errors import CONTROL, EdgefoldError, one_line
 from .folder import GRAPH, ExportedFolder
 from .outputs import staged_file, staged_folder
 
@@ -47,18 +46,17 @@ _MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 _METADATA = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
              tarfile.GNUTYPE_LONGLINK)
 _MAX_METADATA = 1 << 20
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _one_line(function):
     """Every EdgefoldError of ``function`` as one printable line: the names in it may hold control characters."""
     @functools.wraps(function)
-    def one_line(*args, **kwargs):
+    def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except EdgefoldError as error:
-            raise EdgefoldError(_CONTROL.sub(lambda match: repr(match[0])[1:-1], str(error))) from None
-    return one_line
+            raise EdgefoldError(one_line(str(error))) from None
+    return wrapper
 
 
 @_one_line
@@ -236,7 +234,7 @@ def _member_parts(member: tarfile.TarInfo, refusing: str) -> tuple[str, ...]:
         problem = f"is a link (to {member.linkname!r})"
     elif member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
         problem = "is a device or special file"
-    elif _CONTROL.search(name) or not _utf8(name):
+    elif CONTROL.search(name) or not _utf8(name):
         problem = "has a control character or invalid UTF-8 in its name"
     elif path.is_absolute() or (path.parts and ":" in path.parts[0]):
         problem = "has an absolute path"

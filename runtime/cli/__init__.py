@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 from importlib import metadata
 
-from ..errors import EdgefoldError
+from ..errors import EdgefoldError, one_line
 from . import bench, export, package, report, validate
 from .args import Parser
 
@@ -57,12 +56,11 @@ def _stop(signum, frame) -> None:
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _ALL_OR_NOTHING = "no output was left half-written"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _error(message: str) -> int:
     """One line on stderr, whatever the message holds (a file name may carry a newline), and exit code 2."""
-    print(f"edgefold: error: {_CONTROL.sub(lambda m: repr(m[0])[1:-1], message)}", file=sys.stderr)
+    print(f"edgefold: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 
