@@ -6,6 +6,7 @@
     export("path/to/model", "out", CompressionConfig(ratio=2))                           # whole pipeline
     export("path/to/model", "out", CompressionConfig(ratio=2), GraphConfig(quantize="int8", formats=("onnx", "ort")))
     export("path/to/model", "out", CompressionConfig(method="ae", options=AutoencoderOptions(epochs=5)))
+    search_export("path/to/model", "out", SearchConfig(objective="size", gates=("mean_cosine>=0.95",)))
 """
 
 from edgefold.exporter.compress import ModuleRecord, compress_
@@ -19,6 +20,9 @@ from edgefold.exporter.methods import (
     parse_method_options,
 )
 from edgefold.exporter.pipeline import DEFAULT_PARITY_ATOL, export
+from edgefold.exporter.planning.plan import ModuleChoice, Plan
+from edgefold.exporter.search import SearchConfig, export_gated, search_export
 
 __all__ = ["DEFAULT_PARITY_ATOL", "METHODS", "AutoencoderOptions", "CompressionConfig", "CrossLayerOptions",
-           "GraphConfig", "ModuleRecord", "SharedBasisOptions", "compress_", "export", "parse_method_options"]
+           "GraphConfig", "ModuleChoice", "ModuleRecord", "Plan", "SearchConfig", "SharedBasisOptions", "compress_",
+           "export", "export_gated", "parse_method_options", "search_export"]

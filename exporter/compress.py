@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -13,7 +14,7 @@ from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
-from edgefold.exporter.methods import FitContext, GroupMethod, Method, TruncatedSVD
+from edgefold.exporter.methods import FitContext, GroupMethod, LowRankFactors, Method, TruncatedSVD
 from edgefold.exporter.methods.frequency import fit_frequency_aware
 from edgefold.exporter.nn.swap import (
     dense_weight,
@@ -65,25 +66,32 @@ class ModuleRecord:
 
 
 def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrainedTokenizerBase | None = None,
-              calibration: Calibration | None = None, progress: bool = True) -> list[ModuleRecord]:
+              calibration: Calibration | None = None, progress: bool = True,
+              fitted: Mapping[str, LowRankFactors] | None = None) -> list[ModuleRecord]:
     """Replace, in place, every module of ``model`` that ``config`` targets by its low-rank form.
 
     ``tokenizer`` is needed when the config uses calibration text (``config.needs_calibration``), which is
-    ``calibration`` or, when None, loaded from ``config.calibration``. Returns one record per targeted module,
-    including those left dense because a factorisation would save nothing.
+    ``calibration`` or, when None, loaded from ``config.calibration``. ``fitted``: factors already fitted for
+    some modules of a plan (a search fits each once, then exports many plans), used as they are. Returns one
+    record per targeted module, including those left dense because a factorisation would save nothing.
     """
     spec = spec_for(model.config.model_type)
     method = config.build_method()
     if method is None:  # --method none
         return []
     selected = select_modules(model, spec, config.targets)
+    if config.plan is not None:
+        config.plan.check(model)
+        selected = [entry for entry in selected if entry[0] in config.plan.modules]
+        if not selected:
+            return []
     if not selected:
         raise EdgefoldError(f"no module of this {spec.name} model matches the targets {sorted(config.targets)}")
     for _, module, kinds in selected:
         method.check_module(kinds[0], tied=tied_head(model, module) is not None)
     if isinstance(method, GroupMethod):
         return _compress_groups(model, spec, config, method, selected, progress)
-    fitting = _Fitting(model, config, method, tokenizer, calibration, progress)
+    fitting = _Fitting(model, config, method, tokenizer, calibration, progress, fitted or {})
     fitting.collect_statistics(selected, spec)
     if config.allocation == "sensitivity":
         fitting.allocate_ranks(selected, spec)
@@ -98,26 +106,35 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
 class _Fitting:
     """Fits one module at a time: the method, calibration counts and validation scoring it needs."""
 
-    def __init__(self, model, config: CompressionConfig, method: Method, tokenizer, calibration, progress: bool):
-        self.model, self.config, self.method, self.progress = model, config, method, progress
+    def __init__(self, model, config: CompressionConfig, method: Method, tokenizer, calibration, progress: bool,
+                 fitted: Mapping[str, LowRankFactors]):
+        self.model, self.config, self.method, self.progress, self.fitted = model, config, method, progress, fitted
         self.calibration = self.scorer = None
-        if config.needs_calibration:
+        self.allocated: dict[str, int | None] | None = None
+        if config.plan is not None:
+            self.allocated = {name: choice.rank for name, choice in config.plan.modules.items()}
+        if config.needs_calibration and not self._all_fitted():
             if tokenizer is None:
                 raise EdgefoldError(f"method {config.method} uses calibration text: give compress_ a tokenizer")
             self.calibration = calibration or Calibration.load(config.calibration)
             self.tokenizer = tokenizer
             self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
         self.statistics: dict[str, dict[str, torch.Tensor]] = {}
-        self.allocated: dict[str, int | None] | None = None
         self.sensitivities: dict[str, Sensitivity] = {}
 
     def collect_statistics(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
         """What the method needs of the Linears' activations, on the original model (before any swap) and the
         calibration fit split only."""
-        linears = {name: (module, spec.transposed) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+        linears = {name: (module, spec.transposed) for name, module, kinds in selected
+                   if kinds != (EMBEDDINGS,) and name not in self.fitted
+                   and (self.allocated is None or self.allocated.get(name) is not None)}
         if self.method.needs and linears:
             self.statistics = collect_statistics(self.model, linears, self.method.needs, self.calibration.fit_texts,
                                                  self.tokenizer, self.config.seed, self.progress)
+
+    def _all_fitted(self) -> bool:
+        plan = self.config.plan
+        return plan is not None and set(plan.factorised) <= set(self.fitted)
 
     def allocate_ranks(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
         """Measure each module's fidelity loss at a few ranks, then share the whole budget greedily."""
@@ -142,8 +159,11 @@ class _Fitting:
     def compress_module(self, name: str, module: nn.Module, kinds: tuple[str, ...],
                         weight: torch.Tensor) -> ModuleRecord:
         rows, cols = weight.shape
-        ratio = self.config.ratio
+        ratio = self._ratio(name, rows, cols)
         record = ModuleRecord(name, kinds, (rows, cols), None, rows * cols, rows * cols, "dense")
+        if ratio is None:
+            record.note = "kept dense by the plan"
+            return record
         record.fit["budget_params"] = int(rows * cols / ratio)
         multiple = self.config.rank_multiple
         svd_rank = plan_rank(rows, cols, ratio, multiple=multiple)
@@ -152,7 +172,9 @@ class _Fitting:
                              score=self.scorer.for_module(name, kinds[0], module) if self.scorer else None,
                              **self.statistics.pop(name, {}))
         torch.manual_seed(self.config.seed)
-        if kinds == (EMBEDDINGS,) and self.config.uses_frequency:
+        if name in self.fitted:
+            factors = self.fitted[name]
+        elif kinds == (EMBEDDINGS,) and self.config.uses_frequency:
             counts = self.calibration.token_counts(self.tokenizer, rows)
             factors = fit_frequency_aware(weight, ratio, self.method, counts, context, multiple)
         else:
@@ -168,8 +190,17 @@ class _Fitting:
         record.fit.update(context.details)
         return record
 
+    def _ratio(self, name: str, rows: int, cols: int) -> float | None:
+        """The module's budget as a compression factor: the config's, or what its plan implies (None: dense)."""
+        if self.config.plan is None:
+            return self.config.ratio
+        choice = self.config.plan.modules[name]
+        return rows * cols / (choice.rank * (rows + cols)) if choice.rank else choice.ratio
+
     def _rank(self, name: str, rows: int, cols: int, kind: str, record: ModuleRecord) -> int | None:
         """The allocated rank where the budget is global, else the largest within the module's own 1/R."""
+        if self.config.plan is not None:
+            return self.allocated[name]
         if self.allocated is None:
             extra = self.method.extra_params(rows, cols, kind)
             return plan_rank(rows, cols, self.config.ratio, extra, self.config.rank_multiple)

@@ -12,11 +12,12 @@ from edgefold.exporter.methods import (
     MethodOptions,
     get_method,
 )
+from edgefold.exporter.planning.plan import LINEAR_METHOD, Plan
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
 from edgefold.runtime import EdgefoldError
 
-ALLOCATIONS = ("uniform", "sensitivity")
+ALLOCATIONS = ("uniform", "sensitivity", "plan")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class CompressionConfig:
     ``allocation``: "uniform" gives every module the ratio; "sensitivity" makes the ratio (or ``size_budget``,
     the fp32 bytes of the whole model's weights) a budget for all targeted weights together, with ranks
     allocated per module by measured fidelity loss (see ``planning.sensitivity``).
+
+    ``plan``: exactly this per-module :class:`Plan` (what a search chose, or ``--plan FILE``): Linears factorised
+    at its ranks with whitened SVD, the word embeddings frequency-aware at its ratio; method, targets, ratio and
+    allocation follow from it.
     """
 
     method: str = "svd"
@@ -46,8 +51,11 @@ class CompressionConfig:
     rank_multiple: int = RANK_MULTIPLE
     allocation: str = "uniform"
     size_budget: int | None = None
+    plan: Plan | None = None
 
     def __post_init__(self) -> None:
+        if self.plan is not None:
+            self._follow_plan()
         if self.size_budget is not None:
             object.__setattr__(self, "allocation", "sensitivity")
         self._check_targets()
@@ -65,6 +73,15 @@ class CompressionConfig:
             object.__setattr__(self, "calibration", os.fspath(self.calibration))
         self.build_method()  # refuses an unknown method or option now, before any work
         self._check_allocation()
+
+    def _follow_plan(self) -> None:
+        if not isinstance(self.plan, Plan):
+            raise EdgefoldError(f"plan must be a Plan (got {type(self.plan).__name__})")
+        if self.size_budget is not None or self.allocation not in ("uniform", "plan"):
+            raise EdgefoldError("a plan gives every module its rank: not with a size budget or an allocation")
+        for name, value in (("method", LINEAR_METHOD), ("allocation", "plan"), ("frequency", True),
+                            ("targets", frozenset(ALL_KINDS))):
+            object.__setattr__(self, name, value)
 
     def _check_targets(self) -> None:
         targets = self.targets
@@ -84,6 +101,8 @@ class CompressionConfig:
             raise EdgefoldError(f"unknown allocation {self.allocation!r}; choose from: {', '.join(ALLOCATIONS)}")
         if self.size_budget is not None and (not _is_int(self.size_budget) or self.size_budget <= 0):
             raise EdgefoldError(f"--size-budget must be a positive number of bytes (got {self.size_budget!r})")
+        if self.allocation == "plan" and self.plan is None:
+            raise EdgefoldError("allocation 'plan' needs a plan")
         if self.allocation == "sensitivity" and (self.uses_frequency or isinstance(self.build_method(), GroupMethod)):
             raise EdgefoldError("ranks allocated by sensitivity work per module: not with frequency-aware "
                                 "embeddings (pass --no-frequency) nor with a cross-layer method")
@@ -108,6 +127,8 @@ class CompressionConfig:
     def needs_calibration(self) -> bool:
         """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text;
         data-aware methods need statistics of the model's activations on calibration text."""
+        if self.plan is not None:
+            return bool(self.plan.factorised)
         method = self.build_method()
         return (self.uses_frequency or self.method == "ae" or bool(method and method.needs)
                 or self.allocation == "sensitivity")

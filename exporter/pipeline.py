@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -20,7 +22,9 @@ from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.optimize import optimize
 from edgefold.exporter.graph.steps import GraphInputs, convert_to_ort, quantize_graph
+from edgefold.exporter.methods import LowRankFactors
 from edgefold.exporter.nn.layers import LowRankEmbedding
+from edgefold.exporter.nn.swap import tied_head
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
 from edgefold.exporter.source.architectures import spec_for
@@ -35,13 +39,17 @@ DEFAULT_PARITY_ATOL = 1e-3
 
 def export(model: str | Path, output_dir: str | Path, config: CompressionConfig | None = None,
            graph: GraphConfig | None = None, *, task: str = "auto", overwrite: bool = False,
-           trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True) -> dict:
+           trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True,
+           calibration: Calibration | None = None, fitted: Mapping[str, LowRankFactors] | None = None) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
     ``graph`` says what happens to the folded graph after its parity check against torch (see
     :class:`GraphConfig`): fusions kept where they are measured faster, quantisation, the mobile format. Returns
     the manifest, also written as ``edgefold.json``. Raises :class:`EdgefoldError` on bad input or a failed
     check, in which case nothing is written and an existing ``output_dir`` is left as it was.
+
+    ``calibration`` replaces ``config.calibration``'s text (a search passes its fit split); ``fitted`` gives
+    the factors of some modules of ``config.plan``, fitted before (see :func:`compress_`).
     """
     graph = graph or GraphConfig()
     config = graph.adapt(config or CompressionConfig())
@@ -54,18 +62,23 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     step = _Steps(progress, total=5 + len(graph.steps))
     source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
-    calibration = Calibration.load(config.calibration) if config.needs_calibration else None
+    if calibration is None and config.needs_calibration:
+        calibration = Calibration.load(config.calibration)
 
     step("load", f"loading {source.name} ({source.config.model_type}, {source.task})")
     torch.manual_seed(config.seed)
     network = load_model(source, trust_remote_code)
+    if graph.precisions:
+        graph = replace(graph, precisions=with_tied_heads(network, graph.precisions))
     tokenizer = load_tokenizer(source)
     batches = tokenize(tokenizer, shipped_texts(), max_length=max_text_length(network))
     reference = torch_outputs(network, batches)
     params_before = _count_params(network)
 
-    step("compress", f"compressing with {config.method} at ratio {config.ratio:g}")
-    records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress)
+    step("compress", f"compressing as planned ({config.plan.describe()})" if config.plan else
+         f"compressing with {config.method} at ratio {config.ratio:g}")
+    records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress,
+                        fitted=fitted)
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
@@ -84,8 +97,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
             done["optimization"] = optimize(onnx_path, graph.optimize, network.config,
                                             spec_for(source.config.model_type).ort_model_type, inputs,
                                             quantize=graph.quantize)
-        if graph.quantize != "none":
-            step("quantize", f"quantising to {graph.quantize}")
+        if graph.quantizes:
+            step("quantize", f"quantising to {graph.quantize if graph.quantize != 'none' else 'planned precisions'}")
             done["quantization"] = quantize_graph(onnx_path, graph, inputs)
         if done:  # rewritten graphs are saved whole
             files = [onnx_path]
@@ -111,6 +124,17 @@ def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records
     passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
                                  [tuple(t.shape) for t in _tensors(network)])
     return onnx_path, passes.save(graph, onnx_path), shared
+
+
+def with_tied_heads(network: nn.Module, precisions: Mapping[str, str]) -> dict[str, str]:
+    """A head that shares the embedding table (GPT-2's lm_head) takes the table's precision: one table stored,
+    read by both. Left at fp32, it would keep the fp32 table beside the quantised one."""
+    precisions = dict(precisions)
+    for name, module in network.named_modules():
+        head = tied_head(network, module) if name in precisions else None
+        if head:
+            precisions.setdefault(head[0], precisions[name])
+    return precisions
 
 
 def _check_parity(onnx_out: list, torch_out: list, batches: list, atol: float) -> dict:

@@ -128,6 +128,14 @@ def bench(folder: str | Path, settings: BenchSettings = BenchSettings(), compare
     }
 
 
+def latencies(folders: list[str | Path], settings: BenchSettings) -> list[float]:
+    """Median latency (ms) of each folder at the settings' first configuration, all measured in one worker with
+    the folders taking turns, so that a noisy spell of the machine slows them alike: for ranking many models."""
+    models = [ExportedFolder.open(folder) for folder in folders]
+    threads, batch, length = settings.grid()[0]
+    return [measured["latency_ms"]["p50"] for measured in _run_worker(models, settings, threads, batch, length)]
+
+
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 

@@ -10,6 +10,10 @@ class EdgefoldError(Exception):
     """Bad input or a failed check. The CLI prints it as one line and exits non-zero."""
 
 
+class GateFailure(EdgefoldError):
+    """The input was fine, the model is not: an accuracy gate failed (exit 1, as ``validate``'s FAIL)."""
+
+
 def one_line(text: str) -> str:
     """``text`` with every control character written as its escape, so it prints as one line."""
     return CONTROL.sub(lambda match: repr(match[0])[1:-1], text)

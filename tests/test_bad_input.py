@@ -82,11 +82,11 @@ def test_overwrite_replaces_the_whole_folder_edgefold_wrote(capsys, tiny_copy, t
     out = tmp_path / "out"
     assert main(["export", str(tiny_copy), str(out), "--quiet", "--method", "none"]) == 0
     (out / "edgefold-gates.json").write_text('{"gates": ["mean_cosine>=0.99"]}')  # the user's, added since
-    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 2
+    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet", "--method", "svd"]) == 2
     assert "holds files edgefold did not write" in capsys.readouterr().err
     (out / "edgefold-gates.json").unlink()
     old_manifest = (out / "edgefold.json").read_text()
-    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet"]) == 0
+    assert main(["export", str(tiny_copy), str(out), "--overwrite", "--quiet", "--method", "svd"]) == 0
     assert (out / "edgefold.json").read_text() != old_manifest and (out / "model.onnx").is_file()
     umask = os.umask(0)
     os.umask(umask)
@@ -120,7 +120,7 @@ def test_remote_code_needs_consent(capsys, tiny_copy, tmp_path):
 
 
 def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
-    _fails(capsys, "export", tiny_copy, tmp_path / "out", "--parity-atol", "0", "--quiet",
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", "--method", "svd", "--parity-atol", "0", "--quiet",
            match="parity check failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
@@ -131,6 +131,19 @@ def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
     (["--calibration", "/missing"], "--calibration is not used by method svd"),
     (["--method", "svd-whitened", "--calibration", "/missing"], "calibration file not found"),
     (["--parity-atol", "-1"], "must be 0 or more"),
+    (["--parity-atol", "0.1"], "--parity-atol works on a recipe"),
+    (["--objective", "size", "--method", "svd"], "choose"),
+    (["--plan", "plan.json", "--quantize", "int8"], "--plan exports a plan as it is"),
+    (["--data", "texts.txt", "--method", "svd"], "give --gate too"),
+    (["--label-column", "label"], "give the file"),
+    (["--objective", "speed"], "invalid choice"),
+    (["--gate", "mean_cosine>0.9"], "a gate reads METRIC>=VALUE"),
+    (["--gate", "recall_at_1_drop<=0.01"], "no metric recall_at_1_drop for fill-mask"),
+    (["--gate", "bleu>=0.3"], "no metric bleu"),
+    (["--latency-table", "table.json"], "a latency table serves --objective latency"),
+    (["--objective", "latency", "--latency-table", "/missing.json"], "/missing.json"),
+    (["--plan", "/missing.json"], "/missing.json"),
+    (["--optimize", "auto"], "--optimize works on a recipe"),
     (["--target", "arm64"], "unrecognized arguments: --target"),  # no abbreviation of --targets
 ])
 def test_options_that_do_not_apply_or_make_no_sense_fail_before_any_work(capsys, tiny_copy, tmp_path, flags, match):

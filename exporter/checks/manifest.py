@@ -56,6 +56,8 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "size_budget": config.size_budget,
         "frequency_aware": config.uses_frequency,
         "method_options": config.method_options,
+        # per module: kept or factorised, and at which precision; `edgefold export --plan edgefold.json` replays it
+        "plan": config.plan.as_dict() if config.plan else None,
         "calibration": calibration,
         "modules": [r.as_dict() for r in records],
         "totals": {
@@ -98,6 +100,7 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
     storage = t.get("modules_storage_compressed")
     lines = [
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
+        _plan_line(manifest) if manifest.get("plan") else
         f"  method {manifest['method']} {_budget(manifest)} on {', '.join(manifest['targets'])}: "
         f"{t['modules_factorised']} module(s) factorised, "
         + (f"{storage} storage-compressed (decoded when the session starts: a smaller file, dense weights in "
@@ -124,15 +127,54 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
                      f"{', '.join(f'{op} x{n}' for op, n in fused.items()) or 'none'}")
     quantization = manifest.get("quantization")
     if quantization:
-        lines.append(f"  quantised {quantization['scheme']} ({quantization['weights']}): mean cosine "
+        weights = quantization["weights"]
+        weights = ", ".join(weights.values()) if isinstance(weights, dict) else weights
+        lines.append(f"  quantised {quantization['scheme']} ({weights}): mean cosine "
                      f"{quantization['fidelity_vs_fp32']['mean_cosine']:.4f} to the fp32 graph, "
                      f"{quantization['fidelity_vs_original']['mean_cosine']:.4f} to the original")
+    lines += _gate_lines(manifest)
     ort_format = manifest.get("ort_format")
     if ort_format:
         lines.append(f"  mobile format: {ort_format['file']} ({ort_format['bytes']:,} bytes) and "
                      f"{ort_format['operators_config']}; max abs diff to the .onnx graph "
                      f"{ort_format['max_abs_diff_vs_onnx']:.2e}")
     return "\n".join(lines)
+
+
+def _plan_line(manifest: dict) -> str:
+    t = manifest["totals"]
+    counts: dict[str, int] = {}
+    for choice in manifest["plan"]["modules"].values():
+        structure = f"rank {choice['rank']} " if choice["rank"] else f"{choice['ratio']:g}x " if choice["ratio"] else ""
+        counts[structure + choice["precision"]] = counts.get(structure + choice["precision"], 0) + 1
+    chosen = ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"  plan per module: {chosen or 'every module kept as it was'}; {t['modules_factorised']} module(s) "
+            f"factorised, the rest dense")
+
+
+def _gate_lines(manifest: dict) -> list[str]:
+    """What the search chose and what it measured, or the gates an explicit recipe passed."""
+    def gates(results: list[dict]) -> str:
+        return ", ".join(f"{g['metric']} {g['value']:.4f} {g['op']} {g['threshold']:g}" for g in results)
+
+    search = manifest.get("search")
+    if manifest.get("gates"):
+        return [f"  gates on {manifest['gates']['data']['source']}: {gates(manifest['gates']['gates'])} (all pass)"]
+    if not search:
+        return []
+    splits, reference, latency = search["splits"], search["reference"], search["latency"]
+    lines = [f"  search ({search['mode']}, objective {search['objective']}): chose {search['chosen']} "
+             f"({manifest['totals']['bytes_after'] / reference['bytes']:.3f} of the original's bytes)",
+             f"  gates on the selection split ({splits['selection']} items): {gates(search['selection']['gates'])}",
+             f"  gates on the check split ({splits['check']} items, never seen by the search): "
+             f"{gates(search['check']['gates'])}"]
+    measured = search.get("chosen_latency_ms")
+    if measured:
+        predicted = f", predicted {latency['predicted_ms']:.2f} ms" if latency.get("predicted_ms") else ""
+        lines.append(f"  latency (batch 1 x {latency['tokens']}, {latency['threads']} thread): measured "
+                     f"{measured:.2f} ms{predicted}; the original {reference['latency_ms']:.2f} ms")
+    lines.append("  every candidate verified: frontier.md and frontier.png in the folder")
+    return lines
 
 
 def _budget(manifest: dict) -> str:

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize, torch_outputs
 from edgefold.exporter.methods import LowRankFactors
-from edgefold.exporter.nn.layers import low_rank_module
+from edgefold.exporter.nn.layers import LowRankEmbedding, low_rank_module
 from edgefold.exporter.nn.swap import retie_head, tied_head
 from edgefold.exporter.onnx.export import task_of_model
 from edgefold.exporter.source.architectures import EMBEDDINGS
@@ -67,20 +67,20 @@ class ValidationScorer:
         self.reference = torch_outputs(model, self.batches)
 
     def for_module(self, name: str, kind: str, original: nn.Module) -> Callable[[LowRankFactors], float]:
+        """Mean cosine to the reference with the module at ``name`` computing with the given factors."""
+        return lambda factors: self.with_module(name, kind, original, low_rank_module(kind, factors, original))
+
+    def with_module(self, name: str, kind: str, original: nn.Module, candidate: nn.Module) -> float:
+        """Mean cosine to the reference with ``candidate`` in place of ``original`` (put back after)."""
         # A head tied to the embedding will share the candidate after the swap: score it sharing it too.
         head = tied_head(self.model, original) if kind == EMBEDDINGS else None
-
-        def score(factors: LowRankFactors) -> float:
-            candidate = low_rank_module(kind, factors, original)
-            self.model.set_submodule(name, candidate)
+        self.model.set_submodule(name, candidate)
+        if head and isinstance(candidate, LowRankEmbedding):  # a dense candidate: the head keeps its own
+            retie_head(self.model, original, candidate)
+        try:
+            outputs = torch_outputs(self.model, self.batches)
+        finally:
+            self.model.set_submodule(name, original)
             if head:
-                retie_head(self.model, original, candidate)
-            try:
-                outputs = torch_outputs(self.model, self.batches)
-            finally:
-                self.model.set_submodule(name, original)
-                if head:
-                    self.model.set_submodule(*head)
-            return fidelity(self.task, self.reference, outputs, self.batches)["mean_cosine"]
-
-        return score
+                self.model.set_submodule(*head)
+        return fidelity(self.task, self.reference, outputs, self.batches)["mean_cosine"]

@@ -4,12 +4,13 @@ mobile), checked before any work; the checked steps themselves are in ``graph.st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.mobile import check_formats
 from edgefold.exporter.graph.optimize import check_mode
-from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, check_scheme
+from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS, check_scheme
 from edgefold.runtime import EdgefoldError
 
 
@@ -19,7 +20,10 @@ class GraphConfig:
 
     ``optimize``: auto (try the fusion passes, keep the fastest, measured), onnxruntime, onnxscript or none.
     ``quantize``: none, int8 (dynamic, ``per_channel`` optional, weights typed for ``target``) or int4 (weight-only
-    MatMulNBits, blocks of 32). ``formats``: "onnx", plus "ort" for onnxruntime's mobile format.
+    MatMulNBits, blocks of 32). ``precisions``: instead of one scheme, a precision per module name (fp32, int8,
+    int4-32, int4-128: 4-bit blocks of 32 or 128 computed in int8, ``accuracy_level`` 4), as a plan gives them;
+    they name the unoptimised graph's nodes, so only with ``optimize="none"``. ``formats``: "onnx", plus "ort"
+    for onnxruntime's mobile format.
     """
 
     optimize: str = "auto"
@@ -27,9 +31,11 @@ class GraphConfig:
     per_channel: bool = False
     target: str = "generic"
     formats: tuple[str, ...] = ("onnx",)
+    precisions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_mode(self.optimize)
+        self._check_precisions()
         check_scheme(self.quantize, self.target)
         check_formats(self.formats)
         if self.target != "generic" and self.quantize != "int8":
@@ -37,9 +43,23 @@ class GraphConfig:
         if self.per_channel and self.quantize != "int8":
             raise EdgefoldError("--per-channel sets int8 weight scales: use it with --quantize int8")
 
+    def _check_precisions(self) -> None:
+        if not isinstance(self.precisions, Mapping):
+            raise EdgefoldError(f"precisions must map module names to precisions (got {self.precisions!r})")
+        unknown = sorted({p for p in self.precisions.values() if p not in PRECISIONS}, key=str)
+        if unknown:
+            raise EdgefoldError(f"unknown precision(s) {unknown}; choose from: {', '.join(PRECISIONS)}")
+        if self.precisions and (self.quantize != "none" or self.optimize != "none"):
+            raise EdgefoldError("per-module precisions (a plan) replace --quantize, and name the nodes of the "
+                                "unoptimised graph: not with --quantize or --optimize")
+
+    @property
+    def quantizes(self) -> bool:
+        return self.quantize != "none" or any(p != "fp32" for p in self.precisions.values())
+
     @property
     def steps(self) -> list[str]:
-        chosen = [("optimize", self.optimize != "none"), ("quantize", self.quantize != "none"),
+        chosen = [("optimize", self.optimize != "none"), ("quantize", self.quantizes),
                   ("ort", "ort" in self.formats)]
         return [name for name, wanted in chosen if wanted]
 

@@ -13,7 +13,7 @@ from edgefold.exporter.calibration.batches import TextBatch, onnx_outputs
 from edgefold.exporter.checks.verify import fidelity, max_abs_difference
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.mobile import write_ort_format
-from edgefold.exporter.graph.quantize import quantize
+from edgefold.exporter.graph.quantize import quantize, quantize_modules
 from edgefold.runtime import EdgefoldError
 
 #: The .ort file runs the same kernels as the .onnx file after onnxruntime's optimisations: summation order only.
@@ -35,7 +35,10 @@ def quantize_graph(onnx_path: Path, graph: GraphConfig, inputs: GraphInputs) -> 
     """Quantise the checked graph in place; report how far it moved from the fp32 graph and the original."""
     unquantized = onnx_path.with_name(".fp32.onnx")
     onnx_path.rename(unquantized)
-    quantization = quantize(unquantized, onnx_path, graph.quantize, graph.per_channel, graph.target)
+    if graph.precisions:
+        quantization = quantize_modules(unquantized, onnx_path, graph.precisions, graph.target)
+    else:
+        quantization = quantize(unquantized, onnx_path, graph.quantize, graph.per_channel, graph.target)
     unquantized.unlink()
     quantized = onnx_outputs(onnx_path, inputs.batches)
     quantization.update(

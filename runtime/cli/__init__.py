@@ -7,12 +7,12 @@ import signal
 import sys
 from importlib import metadata
 
-from ..errors import EdgefoldError, one_line
+from ..errors import EdgefoldError, GateFailure, one_line
 from . import bench, export, package, report, validate
 from .args import Parser
 
 EPILOG = ("The flow: export (needs edgefold[export]), then bench and validate on any machine, pack for a device, "
-          "report to merge results. Bad input: one line on stderr, exit 2. Ctrl-C or SIGTERM: nothing "
+          "report to merge results. Bad input: one line on stderr, exit 2; a failed accuracy gate: exit 1. Ctrl-C or SIGTERM: nothing "
           "half-written is left behind.")
 
 
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, _stop)
     try:
         return args.run(args)
+    except GateFailure as error:
+        print(f"edgefold: FAIL: {one_line(str(error))}", file=sys.stderr)
+        return 1
     except EdgefoldError as error:
         return _error(str(error))
     except OSError as error:  # the file system said no (permissions, space, names): the user's to fix

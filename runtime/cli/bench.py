@@ -1,10 +1,12 @@
-"""``edgefold bench``: measure an exported folder (and another, alternately) and write the JSON result."""
+"""``edgefold bench``: measure an exported folder (and another, alternately) and write the JSON result; or, with
+``--op-table``, time a folder of operator probes into a latency table."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..errors import EdgefoldError
 from ..outputs import check_json_output, write_json
 from . import args as flags
 
@@ -13,7 +15,10 @@ def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="measure latency, memory and start-up of an exported folder",
                                 description="Measure an exported folder with onnxruntime; each configuration "
                                             "runs in its own process. Writes JSON and prints a table.")
-    bench.add_argument("folder")
+    bench.add_argument("folder", nargs="?", help="the exported folder (not with --op-table)")
+    bench.add_argument("--op-table", metavar="PROBES_DIR", type=Path,
+                       help="time the probe graphs of PROBES_DIR (probes.json) and write a per-operator latency "
+                            "table (default file: latency-table.json); takes one --threads value (default 1)")
     bench.add_argument("--compare", metavar="OTHER_DIR", help="a second folder, measured alternately")
     bench.add_argument("--threads", type=flags.positive_list, default=None,
                        help="comma-separated (default: 1 and all cores)")
@@ -32,10 +37,21 @@ def add_parser(commands) -> None:
     bench.add_argument("--emulated", action="store_true", help="label the timings as emulated (qemu)")
     bench.add_argument("-o", "--output", type=Path, help="JSON file (default: bench-<folder>.json)")
     bench.add_argument("--overwrite", action="store_true", help="replace the JSON file if edgefold wrote it")
-    bench.set_defaults(run=run)
+    # What only a model bench uses, with its default: --op-table refuses any of them set otherwise.
+    model_only = {action.dest: (action.option_strings[0], action.default) for action in bench._actions
+                  if action.dest in _MODEL_ONLY}
+    bench.set_defaults(run=run, model_only=model_only)
+
+
+_MODEL_ONLY = ("compare", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",
+               "no_arena", "no_spinning")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.op_table is not None:
+        return _op_table(args)
+    if args.folder is None:
+        raise EdgefoldError("give the exported folder to measure (or --op-table PROBES_DIR for a latency table)")
     from ..bench import SCHEMA, BenchSettings, bench, format_table
 
     settings = BenchSettings(
@@ -47,5 +63,27 @@ def run(args: argparse.Namespace) -> int:
     document = bench(args.folder, settings, compare=args.compare, emulated=args.emulated)
     write_json(output, document)
     print(format_table(document))
+    print(f"wrote {output}")
+    return 0
+
+
+def _op_table(args: argparse.Namespace) -> int:
+    from ..optable import TABLE_SCHEMA, LatencyTable, format_entries, read_probes, time_probes
+
+    if args.folder is not None:
+        raise EdgefoldError(f"--op-table times probes, not a model: give the folder {args.folder!r} or --op-table, "
+                            "not both")
+    given = [flag for dest, (flag, default) in args.model_only.items() if getattr(args, dest) != default]
+    if given:
+        raise EdgefoldError(f"{', '.join(given)} measure a model folder, not --op-table probes")
+    threads = args.threads or (1,)
+    if len(threads) != 1:
+        raise EdgefoldError(f"--op-table measures at one thread count, not {len(threads)}: run it once per count")
+    read_probes(args.op_table)  # a bad probe folder is refused before the output is checked
+    output = args.output or Path("latency-table.json")
+    check_json_output(output, TABLE_SCHEMA, args.overwrite)
+    document = time_probes(args.op_table, threads=threads[0], emulated=args.emulated)
+    write_json(output, document)
+    print(format_entries(LatencyTable.from_document(document, output)))
     print(f"wrote {output}")
     return 0

@@ -1,0 +1,336 @@
+"""``search_export``: the smallest (or fastest) model that passes the user's gates, on the user's text.
+
+1. The data is split: fit (statistics, token counts), selection (every choice below), check (never seen).
+2. Each module's choices (precision fp32/int8/int4-32/int4-128; the word embeddings kept or factorised at a few
+   ratios; in the full search, Linears factorised at a few ranks) are scored alone in torch (``sensitivity``).
+3. The predicted Pareto curve of cost against loss is built greedily (``frontier``); int8 alone and int4 alone
+   are candidates too, so the result is never worse than either.
+4. Candidates along the curve are exported and validated as ONNX graphs on the selection split, bisecting for
+   the cheapest that passes (a candidate that fails moves the search back to costlier ones).
+5. The chosen model must pass again on the check split; only then is the folder written, with its plan and a
+   frontier report. Anything else fails closed: nothing is written.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from edgefold.exporter.checks.manifest import write_manifest
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.graph.config import GraphConfig
+from edgefold.exporter.graph.quantize import PRECISIONS
+from edgefold.exporter.pipeline import export
+from edgefold.exporter.planning.plan import ModuleChoice, Plan
+from edgefold.exporter.search.candidates import Job, run_jobs, threads_per_worker
+from edgefold.exporter.search.frontier import Point, curve
+from edgefold.exporter.search.latency import OpShape, measure_table, model_latencies, model_latency
+from edgefold.exporter.search.report import write_report
+from edgefold.exporter.search.sensitivity import Space, dense_operators, measure_space
+from edgefold.exporter.search.space import OBJECTIVES, Cost, fixed_cost
+from edgefold.exporter.search.splits import Splits
+from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
+from edgefold.exporter.source.output import check_output_dir, staged_folder
+from edgefold.runtime import EdgefoldError, GateFailure
+from edgefold.runtime.dataset import EvalData, check_data, load_data
+from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
+from edgefold.runtime.optable import LatencyTable
+from edgefold.runtime.texts import shipped_texts
+from edgefold.runtime.validate import check_gates, failures, validate
+
+#: Gates when the user gives none: what a careful release engineer accepts. onnxruntime's int8 alone is what
+#: teams ship today; on the shipped evaluation text it keeps a mean cosine of 0.965, a worst sentence of 0.89
+#: and 82% of each sentence's 10 nearest neighbours. The defaults sit just below that (mean 0.95, worst 0.85,
+#: neighbours 75%), so no model much worse than int8 alone passes, on the average or on the worst sentence;
+#: with task-level data the task decides too (retrieval recall@1 or accuracy at most one point down).
+DEFAULT_GATES = {
+    "feature-extraction": ("mean_cosine>=0.95", "min_cosine>=0.85", "top10_agreement>=0.75"),
+    "text-classification": ("label_agreement>=0.98",),
+    "fill-mask": ("perplexity_ratio<=1.05",),
+    "text-generation": ("perplexity_ratio<=1.05",),
+}
+TASK_GATES = {"pairs": "recall_at_1_drop<=0.01", "labels": "accuracy_drop<=0.01"}
+#: Latency is measured and predicted at batch 1 x this many tokens, one thread: an app embedding one text.
+LATENCY_TOKENS, LATENCY_THREADS = 128, 1
+BASELINES = {"int8 alone": "int8", "int4-32 alone": "int4-32", "int4-128 alone": "int4-128"}
+#: The search accepts a candidate only if it clears every gate by this much on the selection split. The cheapest
+#: candidate that passes sits at the edge of a gate by construction; without a guard band it would fail on
+#: unseen text about half the time (measured: int4-128 alone, mean cosine 0.9504 on selection, 0.9496 on check).
+SELECTION_MARGIN = 0.005
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to optimise and what must hold. ``objective``: size (bytes on disk) or latency (batch 1 x 128
+    tokens, one thread). ``gates``: ``edgefold validate`` gates (empty: :data:`DEFAULT_GATES`). ``data``: the
+    user's text (split fit / selection / check), or None for the shipped calibration text. ``full``: also
+    factorise Linears (slower; the quick search chooses precisions and the embeddings' factorisation).
+    ``latency_table``: a table measured on the target device (``edgefold bench --op-table``); None measures
+    this CPU. ``max_candidates``: graphs verified at most (each one export and one validation)."""
+
+    objective: str = "size"
+    gates: tuple[str, ...] = ()
+    data: EvalData | None = None
+    full: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    latency_table: str | None = None
+    max_candidates: int = 9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise EdgefoldError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
+        for name, low in (("workers", 1), ("max_candidates", 4)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise EdgefoldError(f"{name} must be a whole number of at least {low} (got {value!r})")
+        if self.latency_table is not None and self.objective != "latency":
+            raise EdgefoldError("a latency table serves --objective latency")
+        object.__setattr__(self, "gates", tuple(self.gates))
+
+
+def search_export(model: str | Path, output_dir: str | Path, search: SearchConfig, *, task: str = "auto",
+                  overwrite: bool = False, trust_remote_code: bool = False, progress: bool = True) -> dict:
+    """Write the cheapest model (by ``search.objective``) that passes the gates on the selection split and
+    again on the check split; returns its manifest (with the plan and the search's summary). Raises
+    :class:`EdgefoldError`, writing nothing, for bad input, when no candidate passes, or when the check fails."""
+    output_dir = Path(output_dir)
+    source = inspect_model(str(model), task, trust_remote_code)
+    check_output_dir(output_dir, source.path, overwrite)
+    data = search.data or _shipped_data()
+    check_data(data, source.task)
+    gates = list(search.gates) or default_gates(source.task, data)
+    check_gates(source.task, data, gates)
+    splits = Splits.of(data)
+    table = LatencyTable.read(search.latency_table) if search.latency_table else None
+    run = _Search(source, search, gates, splits, data.source, trust_remote_code, progress)
+    with tempfile.TemporaryDirectory(prefix="edgefold-search-") as work:
+        return run.run(Path(work), output_dir, table)
+
+
+def default_gates(task: str, data: EvalData) -> list[str]:
+    gates = list(DEFAULT_GATES[task])
+    if data.pairs and task == "feature-extraction":
+        gates.append(TASK_GATES["pairs"])
+    if data.labels is not None and task == "text-classification":
+        gates.append(TASK_GATES["labels"])
+    return gates
+
+
+def _shipped_data() -> EvalData:
+    texts = shipped_texts("calibration.txt")
+    return EvalData("shipped calibration.txt", texts)
+
+
+class _Search:
+    def __init__(self, source, search: SearchConfig, gates: list[str], splits: Splits, data_source: str,
+                 trust_remote_code: bool, progress: bool):
+        self.source, self.search, self.gates, self.splits = source, search, gates, splits
+        self.data_source, self.trust_remote_code, self.progress = data_source, trust_remote_code, progress
+        self.calibration = splits.calibration()
+        self.step = self.candidates = 0
+
+    def say(self, what: str) -> None:
+        self.step += 1
+        if self.progress:
+            print(f"edgefold: [{self.step}/7] {what}", file=sys.stderr, flush=True)
+
+    def run(self, work: Path, output_dir: Path, table: LatencyTable | None) -> dict:
+        self.say(f"loading {self.source.name} and exporting it unchanged as the reference")
+        network = load_model(self.source, self.trust_remote_code)
+        if table is not None:
+            _check_table(table, dense_operators(network))
+        self.reference = work / "reference"
+        export(self.source.name, self.reference, CompressionConfig(method="none"), GraphConfig(optimize="none"),
+               task=self.source.task, trust_remote_code=self.trust_remote_code, progress=False)
+        self.say(f"measuring each module's choices on {len(self.splits.selection.texts)} selection items "
+                 f"({'full' if self.search.full else 'quick'} search)")
+        space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
+                              seed=self.search.seed, progress=self.progress)
+        del network
+        gc.collect()
+        self.say(f"costing the choices ({self.search.objective})")
+        cost = self._cost(space, table)
+        points = curve(space.options, cost.of, cost.fixed)[1:]  # the first is the original itself
+        baselines = {label: _uniform(space, precision, cost) for label, precision in BASELINES.items()}
+        self.say(f"verifying candidates as ONNX graphs against the gates ({', '.join(self.gates)})")
+        verified = self._verify(work, space, points, baselines)
+        self.say(f"measuring the latency of {sum(r['bytes'] is not None for r in verified)} verified graph(s)")
+        self._measure_latency(verified)
+        chosen = self._choose(verified)
+        self.say(f"checking {chosen['label']} on the check split ({len(self.splits.check.texts)} items, unseen)")
+        check = validate(chosen["folder"], self.reference, self.splits.check, self.gates)
+        summary = self._summary(verified, chosen, check, cost)
+        if not check["passed"]:
+            raise GateFailure(f"{chosen['label']} passes the gates on the selection split but not on the check "
+                                f"split ({'; '.join(failures(check))}); nothing was written")
+        self.say(f"writing {output_dir}")
+        search = {key: value for key, value in summary.items() if key != "candidates"}
+        return _publish(Path(chosen["folder"]), output_dir, {"search": search}, summary)
+
+    def _cost(self, space: Space, table: LatencyTable | None) -> Cost:
+        dense = {name: options[0] for name, options in space.options.items()}
+        if self.search.objective == "size":
+            measured = read_manifest(self.reference)["totals"]["bytes_after"]
+            return Cost("size", fixed_cost("size", dense, measured, None))
+        shapes = {op for options in space.options.values() for option in options for op in option.ops}
+        table = table or measure_table(sorted(shapes), PRECISIONS, LATENCY_TOKENS, LATENCY_THREADS)
+        _check_table(table, shapes)
+        measured = model_latency(self.reference, LATENCY_TOKENS, LATENCY_THREADS)
+        return Cost("latency", fixed_cost("latency", dense, measured, table), table)
+
+    def _verify(self, work: Path, space: Space, points: list[Point], baselines: dict[str, Point]) -> list[dict]:
+        """Bisect the curve for its cheapest passing point, ``workers`` candidates a round; baselines first."""
+        workers, budget = self.search.workers, self.search.max_candidates
+        verified: list[dict] = []
+        low, high = -1, len(points)  # points[low] passes (-1: the original), points[high] fails (len: assumed)
+        queue = [(label, point, None) for label, point in baselines.items()]
+        with tqdm(total=budget, desc="candidates", unit="graph", disable=not self.progress) as bar:
+            while len(verified) < budget and (queue or high - low > 1):
+                room = budget - len(verified)
+                indices = _between(low, high, max(1, min(workers, room - len(queue))))
+                batch = queue + [(f"curve {i + 1}/{len(points)}", points[i], i) for i in indices]
+                queue = []
+                jobs = [self._job(work, label, point, space, index) for label, point, index in batch[:room]]
+                for result in run_jobs([job for job, _ in jobs], workers):
+                    meta = next(meta for job, meta in jobs if job.label == result["label"])
+                    verified.append({**meta, **result, "accepted": _clears(result, SELECTION_MARGIN)})
+                    bar.update()
+                for row in verified:
+                    if row["kind"] == "path":
+                        index = row["index"]
+                        low, high = (max(low, index), high) if row["accepted"] else (low, min(high, index))
+                if low >= high:  # a costlier point failed where a cheaper passed: the curve is not monotone here
+                    high = low + 1
+        return verified
+
+    def _job(self, work: Path, label: str, point: Point, space: Space, index: int | None) -> tuple[Job, dict]:
+        """A candidate's job, and what the search knows of it: where it sits on the curve (None: a baseline)."""
+        plan = Plan({name: option.choice for name, option in point.options.items() if option.choice != ModuleChoice()})
+        self.candidates += 1
+        job = Job(label, str(self.source.path), self.source.task, plan, space.factors_for(plan.modules),
+                  self.calibration, work / f"candidate-{self.candidates:02d}", self.reference, self.splits.selection,
+                  tuple(self.gates), self.trust_remote_code, threads_per_worker(self.search.workers))
+        meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),
+                "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost, "predicted_loss": point.loss}
+        return job, meta
+
+    def _measure_latency(self, verified: list[dict]) -> None:
+        """Every exported candidate and the original, measured together, taking turns."""
+        exported = [row for row in verified if row["bytes"] is not None]
+        measured = model_latencies([self.reference, *(Path(row["folder"]) for row in exported)], LATENCY_TOKENS,
+                                   LATENCY_THREADS)
+        self.reference_ms = measured[0]
+        for row in verified:
+            row["latency_ms"] = None
+        for row, ms in zip(exported, measured[1:]):
+            row["latency_ms"] = ms
+
+    def _choose(self, verified: list[dict]) -> dict:
+        passing = [row for row in verified if row["accepted"]]
+        if not passing:
+            best = min(verified, key=lambda r: (sum(not g["passed"] for g in r["gates"]) if r["gates"] else 99,
+                                                r["predicted_loss"]))
+            reasons = "; ".join(failures({"gates": best["gates"]})) or best.get("error", "")
+            raise GateFailure(f"no candidate clears the gates by {SELECTION_MARGIN:g} on the selection split "
+                              f"({len(verified)} verified); "
+                                f"the closest, {best['label']} ({best['plan']}): {reasons}; nothing was written")
+        key = "bytes" if self.search.objective == "size" else "latency_ms"
+        return min(passing, key=lambda row: row[key])
+
+    def _summary(self, verified: list[dict], chosen: dict, check: dict, cost: Cost) -> dict:
+        reference_bytes = read_manifest(self.reference)["totals"]["bytes_after"]
+        rows = [{key: row[key] for key in ("label", "kind", "plan", "bytes", "latency_ms", "predicted_cost",
+                                           "predicted_loss", "metrics", "gates", "passed", "accepted")}
+                | ({"error": row["error"]} if row.get("error") else {}) for row in verified]
+        return {
+            "objective": self.search.objective, "mode": "full" if self.search.full else "quick",
+            "data": self.data_source, "splits": self.splits.describe(),
+            "gates": [{"text": text, "metric": metric, "op": op, "threshold": value}
+                      for text, (metric, op, value) in zip(self.gates, check_gates(self.source.task,
+                                                                                   self.splits.check, self.gates))],
+            "reference": {"bytes": reference_bytes, "latency_ms": self.reference_ms},
+            "selection_margin": SELECTION_MARGIN,
+            "latency": {"tokens": LATENCY_TOKENS, "threads": LATENCY_THREADS,
+                        "predicted_ms": chosen["predicted_cost"] if cost.objective == "latency" else None,
+                        "table": None if cost.table is None else cost.table.source},
+            "chosen": chosen["label"], "chosen_plan": chosen["plan"], "chosen_latency_ms": chosen["latency_ms"],
+            "selection": {"metrics": chosen["metrics"], "gates": chosen["gates"]},
+            "check": {"metrics": check["metrics"], "gates": check["gates"]},
+            "candidates": rows,
+        }
+
+
+def _uniform(space: Space, precision: str, cost: Cost) -> Point:
+    """Every module dense at one precision: what a user gets from onnxruntime's quantiser alone."""
+    options = {name: next(o for o in opts if not o.choice.factorised and o.choice.precision == precision)
+               for name, opts in space.options.items()}
+    return Point(options, cost.total(options), sum(o.loss for o in options.values()))
+
+
+def _clears(result: dict, margin: float) -> bool:
+    """Every gate passed, and by at least ``margin`` (a threshold of >= moves up, one of <= down)."""
+    return result["passed"] and all(
+        g["value"] >= g["threshold"] + margin if g["op"] == ">=" else g["value"] <= g["threshold"] - margin
+        for g in result["gates"])
+
+
+def _between(low: int, high: int, count: int) -> list[int]:
+    """Up to ``count`` indices strictly between ``low`` and ``high``, evenly spread."""
+    indices = {low + (high - low) * (j + 1) // (count + 1) for j in range(count)}
+    return sorted(i for i in indices if low < i < high)
+
+
+def _check_table(table: LatencyTable, shapes: set[OpShape]) -> None:
+    for shape in sorted(shapes):
+        for precision in PRECISIONS:
+            table.ms(shape.op, shape.k, shape.n, precision)  # raises, naming the missing entry
+
+
+def export_gated(model: str | Path, output_dir: str | Path, config: CompressionConfig, graph: GraphConfig,
+                 gates: list[str], data: EvalData | None = None, *, task: str = "auto", overwrite: bool = False,
+                 trust_remote_code: bool = False, parity_atol: float | None = None, progress: bool = True) -> dict:
+    """``export`` a recipe (or a plan), then validate it against the original on ``data`` (default: the shipped
+    evaluation text); a recipe that fails a gate is refused (:class:`GateFailure`), nothing written."""
+    output_dir = Path(output_dir)
+    source = inspect_model(str(model), task, trust_remote_code)
+    check_output_dir(output_dir, source.path, overwrite)
+    data = data or load_data(None)
+    check_data(data, source.task)
+    check_gates(source.task, data, gates)
+    atol = {} if parity_atol is None else {"parity_atol": parity_atol}
+    with tempfile.TemporaryDirectory(prefix="edgefold-gated-") as work:
+        candidate, reference = Path(work) / "candidate", Path(work) / "reference"
+        export(source.name, candidate, config, graph, task=source.task, trust_remote_code=trust_remote_code,
+               progress=progress, **atol)
+        if progress:
+            print(f"edgefold: validating against the original on {data.source} ({', '.join(gates)})",
+                  file=sys.stderr, flush=True)
+        export(source.name, reference, CompressionConfig(method="none"), GraphConfig(optimize="none"),
+               task=source.task, trust_remote_code=trust_remote_code, progress=False)
+        report = validate(candidate, reference, data, gates)
+        if not report["passed"]:
+            raise GateFailure(f"the recipe fails its gates on {data.source}: {'; '.join(failures(report))}; "
+                              "nothing was written")
+        return _publish(candidate, output_dir, {"gates": {"data": report["data"], "metrics": report["metrics"],
+                                                          "gates": report["gates"]}})
+
+
+def _publish(candidate: Path, output_dir: Path, additions: dict, report: dict | None = None) -> dict:
+    """The candidate's folder written as ``output_dir``, its manifest extended, with the frontier report."""
+    manifest = read_manifest(candidate) | additions
+    with staged_folder(output_dir) as staging:
+        for path in candidate.iterdir():
+            if path.is_file() and path.name != MANIFEST_NAME:
+                shutil.copy2(path, staging / path.name)
+        if report is not None:
+            write_report(staging, report)
+        write_manifest(staging, manifest)
+    return manifest

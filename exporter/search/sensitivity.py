@@ -1,0 +1,141 @@
+"""Each module's choices, and the fidelity each loses when it is the only change: the search's predictions.
+
+Measured in torch on the selection split: every module at every precision (simulated, see ``simulate``), kept or
+factorised (the word embeddings frequency-aware at a few ratios; Linears, in the full search, whitened SVD at a
+few ranks), one module at a time against the original model. Factors are fitted once here and reused by every
+candidate that chooses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from edgefold.exporter.calibration.statistics import collect_statistics
+from edgefold.exporter.checks.verify import ValidationScorer
+from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS
+from edgefold.exporter.methods import FitContext, LowRankFactors, TruncatedSVD
+from edgefold.exporter.methods.base import INPUT_MOMENTS
+from edgefold.exporter.methods.frequency import fit_frequency_aware
+from edgefold.exporter.methods.whitened import WhitenedSVD
+from edgefold.exporter.nn.layers import low_rank_module
+from edgefold.exporter.nn.swap import dense_weight, select_modules
+from edgefold.exporter.planning.plan import ModuleChoice
+from edgefold.exporter.planning.sensitivity import candidate_ranks
+from edgefold.exporter.search.latency import OpShape
+from edgefold.exporter.search.simulate import fake_quantized
+from edgefold.exporter.search.space import Option
+from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
+from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, spec_for
+
+#: Ranks are whole int4 blocks, so that every factor quantises without a padded block.
+RANK_MULTIPLE = INT4_BLOCK_SIZE
+#: Fit texts the whitening statistics are collected on: one forward pass each.
+STATISTICS_ITEMS = 256
+#: Word embedding ratios tried (frequency-aware: exact rows for frequent tokens, a low-rank rest).
+EMBEDDING_RATIOS = (1.5, 2.0, 3.0)
+
+
+@dataclass
+class Space:
+    """Per module (in model order), its options, dense fp32 first; and the factors of the factorised ones."""
+
+    options: dict[str, list[Option]] = field(default_factory=dict)
+    fitted: dict[tuple[str, str], LowRankFactors] = field(default_factory=dict)
+
+    def factors_for(self, plan_modules: dict[str, ModuleChoice]) -> dict[str, LowRankFactors]:
+        return {name: self.fitted[(name, c.structure)] for name, c in plan_modules.items() if c.factorised}
+
+
+def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: Splits, *,
+                  factorise_linears: bool, seed: int = 0, progress: bool = True) -> Space:
+    """Every module's options with their measured losses (see the module docstring)."""
+    spec = spec_for(model.config.model_type)
+    selected = select_modules(model, spec, frozenset(ALL_KINDS))
+    scorer = ValidationScorer(model, splits.selection.texts[:SENSITIVITY_ITEMS], tokenizer)
+    calibration = splits.calibration()
+    statistics = {}
+    if factorise_linears:
+        linears = {name: (module, spec.transposed) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+        statistics = collect_statistics(model, linears, frozenset({INPUT_MOMENTS}),
+                                        calibration.fit_texts[:STATISTICS_ITEMS], tokenizer, seed, progress)
+    space = Space()
+    for name, module, kinds in tqdm(selected, desc="sensitivity", unit="module", disable=not progress):
+        weight = dense_weight(module, spec, kinds)
+        torch.manual_seed(seed)
+        if kinds == (EMBEDDINGS,):
+            counts = calibration.token_counts(tokenizer, weight.shape[0])
+            context = FitContext(seed=seed, kind=EMBEDDINGS, score=scorer.for_module(name, EMBEDDINGS, module))
+            structures = _embedding_structures(weight, counts, context)
+        else:
+            structures = _linear_structures(weight, kinds[0], statistics.get(name), seed) if factorise_linears else []
+        space.options[name] = []
+        for choice, factors in [(ModuleChoice(), None), *structures]:
+            if factors is not None:
+                space.fitted[(name, choice.structure)] = factors
+            space.options[name] += _options(scorer, name, kinds[0], module, choice, factors, spec.transposed,
+                                            tuple(weight.shape))
+    return space
+
+
+def dense_operators(model: PreTrainedModel) -> set[OpShape]:
+    """The operators of every module as it is: what a latency table must cover before anything else."""
+    spec = spec_for(model.config.model_type)
+    return {op for _, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS))
+            for op in _operators(tuple(dense_weight(module, spec, kinds).shape), kinds[0], None)[0]}
+
+
+def _embedding_structures(weight: torch.Tensor, counts: torch.Tensor,
+                          context: FitContext) -> list[tuple[ModuleChoice, LowRankFactors]]:
+    structures = []
+    for ratio in EMBEDDING_RATIOS:
+        factors = fit_frequency_aware(weight, ratio, TruncatedSVD(), counts, context, RANK_MULTIPLE)
+        if factors is not None:
+            structures.append((ModuleChoice(ratio=ratio), factors))
+    return structures
+
+
+def _linear_structures(weight: torch.Tensor, kind: str, statistics: dict | None,
+                       seed: int) -> list[tuple[ModuleChoice, LowRankFactors]]:
+    rows, cols = weight.shape
+    context = FitContext(seed=seed, kind=kind, **(statistics or {}))
+    return [(ModuleChoice(rank=rank), WhitenedSVD().fit(weight, rank, context))
+            for rank in candidate_ranks(rows, cols, RANK_MULTIPLE)]
+
+
+def _options(scorer: ValidationScorer, name: str, kind: str, original: nn.Module, choice: ModuleChoice,
+             factors: LowRankFactors | None, transposed: bool, shape: tuple[int, int]) -> list[Option]:
+    """``choice``'s structure at every precision, each scored alone."""
+    module = original if factors is None else low_rank_module(kind, factors, original)
+    ops, extra = _operators(shape, kind, factors)
+    options = []
+    for precision in PRECISIONS:
+        at = ModuleChoice(choice.rank, choice.ratio, precision)
+        if precision == "fp32" and factors is None:
+            options.append(Option(at, ops, extra, 0.0))  # the original itself
+            continue
+        candidate = fake_quantized(module, precision, transposed)
+        loss = max(0.0, 1.0 - scorer.with_module(name, kind, original, candidate))
+        options.append(Option(at, ops, extra, loss))
+    return options
+
+
+def _operators(shape: tuple[int, int], kind: str, factors: LowRankFactors | None) -> tuple[tuple[OpShape, ...], int]:
+    """The operators carrying the weights, and the bytes of what is stored beside them unquantised."""
+    rows, cols = shape
+    if kind == EMBEDDINGS:
+        if factors is None:
+            return (OpShape("Gather", rows, cols),), 0
+        ops = [OpShape("Gather", rows, factors.rank), OpShape("MatMul", factors.rank, cols)]
+        if factors.exact_rows is not None:
+            ops.append(OpShape("Gather", len(factors.exact_rows), cols))
+            return tuple(ops), 4 * rows  # the int32 slot of every token
+        return tuple(ops), 0
+    if factors is None:
+        return (OpShape("MatMul", cols, rows),), 0
+    rank = factors.folded().rank
+    return (OpShape("MatMul", cols, rank), OpShape("MatMul", rank, rows)), 0

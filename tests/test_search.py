@@ -1,0 +1,264 @@
+"""The goal-driven export: per-module choices, the predicted curve, candidates verified as real ONNX graphs,
+the check split, and the folder it writes (or refuses to write)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import MINILM
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgefold.exporter import CompressionConfig, GraphConfig, ModuleChoice, Plan, export
+from edgefold.exporter.graph.quantize import quantize_modules
+from edgefold.exporter.search.frontier import curve, hull
+from edgefold.exporter.search.latency import OpShape, write_probes
+from edgefold.exporter.search.simulate import quantized_input, quantized_weight
+from edgefold.exporter.search.space import Cost, Option, weight_bytes
+from edgefold.exporter.search.splits import Splits
+from edgefold.exporter.source.loading import inspect_model, load_model
+from edgefold.runtime import EdgefoldError
+from edgefold.runtime.cli import main
+from edgefold.runtime.dataset import EvalData
+from edgefold.runtime.manifest import read_manifest
+from edgefold.runtime.texts import shipped_texts
+from edgefold.runtime.validate import validate
+
+SIZE = Cost("size", 0.0)
+
+
+def _option(cost: int, loss: float, precision: str = "int8") -> Option:
+    """An option whose whole cost is ``cost`` bytes (no operators), for the curve's arithmetic."""
+    return Option(ModuleChoice(precision=precision), (), extra_bytes=cost, loss=loss)
+
+
+@st.composite
+def _modules(draw) -> dict[str, list[Option]]:
+    modules = {}
+    for m in range(draw(st.integers(1, 5))):
+        top = draw(st.integers(100, 1000))
+        others = draw(st.lists(st.tuples(st.integers(1, top - 1), st.floats(0, 1)), max_size=6))
+        modules[f"m{m}"] = [_option(top, 0.0, "fp32")] + [_option(c, loss) for c, loss in others]
+    return modules
+
+
+@given(_modules())
+def test_the_curve_goes_from_the_original_to_the_cheapest_one_module_step_at_a_time(modules):
+    points = curve(modules, SIZE.of, fixed=10.0)
+    assert points[0].options == {name: options[0] for name, options in modules.items()} and points[0].loss == 0
+    for before, after in zip(points, points[1:]):
+        assert after.cost < before.cost and after.loss >= before.loss - 1e-12
+        assert sum(before.options[n] != after.options[n] for n in modules) == 1
+    assert points[-1].cost == 10.0 + sum(min(o.extra_bytes for o in options) for options in modules.values())
+
+
+def test_a_choice_that_costs_more_and_loses_no_less_is_never_on_the_hull():
+    original, good, dominated, cheapest = _option(100, 0.0), _option(50, 0.01), _option(60, 0.02), _option(10, 0.5)
+    assert hull([original, dominated, good, cheapest], SIZE.of) == [original, good, cheapest]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4-32", "int4-128"])
+def test_the_simulated_precision_predicts_onnxruntime_kernels(tmp_path, precision):
+    """The torch simulation the sensitivities use against the real quantised kernel, on one MatMul."""
+    folder = write_probes(tmp_path / "probes", [OpShape("MatMul", 384, 256)], ["fp32", precision], tokens=16)
+    graph = onnx.load(str(folder / "matmul_384x256_fp32.onnx"))
+    weight = torch.from_numpy(onnx.numpy_helper.to_array(graph.graph.initializer[0]).copy())
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 16, 384)).astype(np.float32))
+    session = ort.InferenceSession(str(folder / f"matmul_384x256_{precision}.onnx"))
+    real = torch.from_numpy(session.run(None, {"hidden_states": x.numpy()})[0])
+    simulated = quantized_input(x, precision) @ quantized_weight(weight, precision)
+    exact = x @ weight
+    quantisation_error = (real - exact).norm()
+    assert quantisation_error > 0
+    assert (simulated - real).norm() < 0.5 * quantisation_error  # the simulation explains most of the error
+
+
+@pytest.mark.parametrize("precision, per_value", [("fp32", 4), ("int8", 1), ("int4-32", 0.625), ("int4-128", 0.53125)])
+def test_weight_bytes_per_precision(precision, per_value):
+    assert weight_bytes(OpShape("MatMul", 384, 1536), precision) == 384 * 1536 * per_value
+
+
+def test_the_predicted_bytes_of_a_mixed_plan_are_the_bytes_onnxruntime_stores(tmp_path, tiny_model):
+    folder = tiny_model("roberta-feature-extraction")
+    export(str(folder), tmp_path / "fp32", CompressionConfig(method="none"), GraphConfig(optimize="none"),
+           progress=False)
+    plan = {"encoder.layer.0.intermediate.dense": "int4-32", "encoder.layer.1.output.dense": "int4-128",
+            "encoder.layer.0.attention.self.query": "int8"}
+    done = quantize_modules(tmp_path / "fp32" / "model.onnx", tmp_path / "mixed.onnx", plan)
+    shapes = {"encoder.layer.0.intermediate.dense": (64, 128), "encoder.layer.1.output.dense": (128, 64),
+              "encoder.layer.0.attention.self.query": (64, 64)}
+    saved = sum(weight_bytes(OpShape("MatMul", *shapes[m]), "fp32") - weight_bytes(OpShape("MatMul", *shapes[m]), p)
+                for m, p in plan.items())
+    measured = _initializer_bytes(tmp_path / "fp32" / "model.onnx") - _initializer_bytes(tmp_path / "mixed.onnx")
+    assert done["modules"] == {"int4-32": 1, "int4-128": 1, "int8": 1}
+    assert abs(measured - saved) < 64  # the int8 scales and zero points
+
+
+def _initializer_bytes(path: Path) -> int:
+    """Bytes of the stored tensors (the file adds names, nodes and the shapes onnxruntime's quantiser infers)."""
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+
+
+def test_splits_are_disjoint_interleaved_and_keep_pairs_with_their_texts():
+    texts = [f"text {i}" for i in range(120)]
+    data = EvalData("mine.jsonl", texts, pairs=[(t, t.upper()) for t in texts])
+    splits = Splits.of(data)
+    parts = [splits.fit.texts, splits.selection.texts, splits.check.texts]
+    assert [len(p) for p in parts] == [40, 60, 20]
+    assert not set(parts[0]) & set(parts[1]) and not set(parts[1]) & set(parts[2]) and not set(parts[0]) & set(parts[2])
+    assert all(query == text for text, (query, _) in zip(splits.check.texts, splits.check.pairs))
+    with pytest.raises(EdgefoldError, match="needs at least 48"):
+        Splits.of(EvalData("tiny.txt", texts[:20]))
+
+
+def test_a_plan_round_trips_and_is_checked_against_the_model(tiny_model):
+    plan = Plan({"embeddings.word_embeddings": ModuleChoice(ratio=2.0, precision="int4-32"),
+                 "encoder.layer.0.attention.self.query": ModuleChoice(rank=16, precision="int8")})
+    assert Plan.from_dict(json.loads(json.dumps(plan.as_dict()))) == plan
+    network = load_model(inspect_model(str(tiny_model("roberta-feature-extraction"))))
+    plan.check(network)
+    bad = {"transformer.h.0.attn.c_attn": ModuleChoice(precision="int8")}
+    with pytest.raises(EdgefoldError, match="a plan for another model"):
+        Plan(bad).check(network)
+    with pytest.raises(EdgefoldError, match="would save nothing"):
+        Plan({"encoder.layer.0.attention.self.query": ModuleChoice(rank=32)}).check(network)  # 64 x 64
+    with pytest.raises(EdgefoldError, match="Linears take a rank"):
+        Plan({"encoder.layer.0.attention.self.query": ModuleChoice(ratio=2.0)}).check(network)
+    with pytest.raises(EdgefoldError, match="unknown precision"):
+        Plan.from_dict({**plan.as_dict(), "modules": {"x": {"rank": None, "ratio": None, "precision": "int3"}}})
+
+
+# --- end to end: real graphs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_search(tmp_path_factory) -> tuple[Path, dict, int]:
+    """The README's default command on the real MiniLM: objective size, default gates, quick search."""
+    out = tmp_path_factory.mktemp("search") / "minilm-small"
+    code = main(["export", str(MINILM), str(out), "--quiet", "--workers", "2", "--max-candidates", "7"])
+    return out, read_manifest(out) if code == 0 else {}, code
+
+
+def test_the_default_export_searches_and_writes_the_smallest_model_that_passes(minilm_search):
+    out, manifest, code = minilm_search
+    assert code == 0
+    search, frontier = manifest["search"], json.loads((out / "frontier.json").read_text())
+    rows = {row["label"]: row for row in frontier["candidates"]}
+    chosen = rows[search["chosen"]]
+    assert chosen["accepted"] and all(g["passed"] for g in search["check"]["gates"])
+    assert chosen["bytes"] == manifest["totals"]["bytes_after"] == (out / "model.onnx").stat().st_size
+    # never worse than what onnxruntime's quantiser alone gives, where that passes the same gates
+    alone = [row for row in rows.values() if row["kind"] == "baseline" and row["accepted"]]
+    assert alone and chosen["bytes"] <= min(row["bytes"] for row in alone)
+    assert chosen["bytes"] < 0.25 * search["reference"]["bytes"]  # int8 alone keeps a quarter
+    assert {"frontier.md", "frontier.png", "frontier.json"} <= set(manifest["contents"])
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert manifest["plan"]["modules"] and manifest["quantization"]["scheme"] == "mixed"
+
+
+def test_the_written_model_passes_validate_on_text_the_search_never_saw(minilm_search, tmp_path):
+    out, manifest, code = minilm_search
+    assert code == 0
+    reference = tmp_path / "reference"
+    export(str(MINILM), reference, CompressionConfig(method="none"), GraphConfig(optimize="none"), progress=False)
+    unseen = EvalData("shipped evaluation.txt", shipped_texts("evaluation.txt")[:300])
+    report = validate(out, reference, unseen, [g["text"] for g in manifest["search"]["gates"]])
+    assert report["metrics"]["mean_cosine"] > 0.94, report["metrics"]  # a gate of 0.95, on another text
+
+
+def test_a_plan_replays_as_the_same_graph(minilm_search, tmp_path):
+    out, manifest, code = minilm_search
+    assert code == 0
+    assert main(["export", str(MINILM), str(tmp_path / "again"), "--plan", str(out / "edgefold.json"),
+                 "--quiet"]) == 0
+    again = read_manifest(tmp_path / "again")
+    assert again["plan"] == manifest["plan"]
+    factorised = any(m["ratio"] or m["rank"] for m in manifest["plan"]["modules"].values())
+    if not factorised:  # precisions only: the very same bytes (factors would be fitted again on other text)
+        assert (tmp_path / "again" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_a_gate_no_candidate_can_pass_writes_nothing_and_names_the_closest(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["export", str(tiny_model("roberta-feature-extraction")), str(out), "--quiet", "--workers", "1",
+                 "--max-candidates", "4", "--gate", "mean_cosine>=0.99999", "--gate", "min_cosine>=0.9999"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "no candidate clears the gates" in err[0] and "the closest" in err[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_recipe_that_fails_its_gate_is_refused_and_one_that_passes_is_written(tiny_model, tmp_path, capsys):
+    model = str(tiny_model("roberta-feature-extraction"))
+    code = main(["export", model, str(tmp_path / "harsh"), "--quiet", "--method", "svd", "--ratio", "3",
+                 "--targets", "attention,ffn", "--gate", "mean_cosine>=0.99999"])
+    assert code == 1 and "the recipe fails its gates" in capsys.readouterr().err
+    assert not (tmp_path / "harsh").exists()
+    assert main(["export", model, str(tmp_path / "kept"), "--quiet", "--method", "none",
+                 "--gate", "mean_cosine>=0.99"]) == 0
+    gates = read_manifest(tmp_path / "kept")["gates"]
+    assert gates["gates"][0]["passed"] and gates["metrics"]["mean_cosine"] > 0.999
+
+
+def test_a_labelled_classifier_is_searched_on_its_labels(tiny_model, tmp_path):
+    texts = shipped_texts("evaluation.txt")[:240]
+    data = tmp_path / "labelled.csv"
+    with data.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        writer.writerows([text, "LABEL_1" if len(text) % 2 else "LABEL_0"] for text in texts)
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_model("bert-text-classification")), str(out), "--quiet", "--workers", "1",
+                 "--max-candidates", "5", "--data", str(data), "--label-column", "label"]) == 0
+    search = read_manifest(out)["search"]
+    assert [g["text"] for g in search["gates"]] == ["label_agreement>=0.98", "accuracy_drop<=0.01"]
+    assert all(g["passed"] for g in search["check"]["gates"]) and search["splits"]["check"] == 40
+
+
+def test_a_causal_lm_is_searched_on_perplexity(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_model("gpt2-text-generation")), str(out), "--quiet", "--workers", "1",
+                 "--max-candidates", "4"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["search"]["gates"][0]["metric"] == "perplexity_ratio"
+    assert manifest["totals"]["bytes_after"] < manifest["search"]["reference"]["bytes"]
+
+
+def test_the_latency_objective_uses_a_measured_table_and_reports_measured_latency(tiny_model, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_model("roberta-feature-extraction")), str(out), "--quiet", "--workers", "1",
+                 "--max-candidates", "4", "--objective", "latency"]) == 0
+    search = read_manifest(out)["search"]
+    frontier = json.loads((out / "frontier.json").read_text())
+    chosen = next(row for row in frontier["candidates"] if row["label"] == search["chosen"])
+    assert search["latency"]["predicted_ms"] > 0 and chosen["latency_ms"] > 0
+    assert chosen["latency_ms"] == min(row["latency_ms"] for row in frontier["candidates"] if row["accepted"])
+
+
+def test_a_latency_table_for_another_model_is_refused_before_the_search(tiny_model, tmp_path, capsys):
+    table = {"schema": "edgefold.latency-table", "schema_version": 1, "machine": {}, "tokens": 128, "threads": 1,
+             "entries": [{"op": "MatMul", "k": 384, "n": 1536, "precision": "int8", "ms": 0.4}]}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    code = main(["export", str(tiny_model("roberta-feature-extraction")), str(tmp_path / "out"), "--quiet",
+                 "--workers", "1", "--objective", "latency", "--latency-table", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no entry for" in err and "another model" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_for_another_model_is_refused(tiny_model, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(Plan({"embeddings.word_embeddings": ModuleChoice(precision="int8")}).as_dict()))
+    code = main(["export", str(tiny_model("gpt2-text-generation")), str(tmp_path / "out"), "--quiet",
+                 "--plan", str(plan)])
+    assert code == 2 and "a plan for another model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
