@@ -12,7 +12,7 @@ frequency-aware SVD, then int4), all measured in one run on text no step of any 
 Latency: batch 1 x 128 tokens, one thread, every model taking turns in one worker (``edgefold bench``'s own).
 Wall time and peak RSS of each search as a separate process (its worker processes included).
 
-    python benchmarks/search.py     # about 25 minutes on 2 cores; writes results/search.{md,json,png}
+    python benchmarks/search.py     # about 30 minutes on 2 cores; writes results/search.{md,json,png}
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ SEARCHES = {  # name: extra flags of `edgefold export`
     "search: size, default gates": ["--objective", "size"],
     "search: size, strict gates": ["--objective", "size", *[f for g in STRICT for f in ("--gate", g)]],
     "search: latency, default gates": ["--objective", "latency"],
+    "search: latency, full search (Linears factorised too)": ["--objective", "latency", "--search", "full"],
 }
 FIXED = {  # name: (compression, graph) as a user would ask for them (fusions measured, as `export` does)
     "int8 alone": (dict(method="none"), dict(quantize="int8")),
@@ -94,10 +95,10 @@ def main() -> None:
         export(MODEL, reference, CompressionConfig(method="none"), GraphConfig(optimize="none"), progress=False)
         folders, runs, plans = {}, {}, {}
         for name, (compression, graph) in FIXED.items():
-            folders[name] = root / name.replace(" ", "_").replace(":", "")
+            folders[name] = root / f"fixed-{len(folders)}"
             export(MODEL, folders[name], CompressionConfig(**compression), GraphConfig(**graph), progress=False)
         for name, flags in SEARCHES.items():
-            folders[name] = root / name.replace(" ", "_").replace(":", "").replace(",", "")
+            folders[name] = root / f"search-{len(runs)}"
             runs[name] = run_search(folders[name], flags)
             search = json.loads((folders[name] / "edgefold.json").read_text())["search"]
             plans[name] = {"chosen": search["chosen"], "plan": search["chosen_plan"],

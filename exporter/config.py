@@ -12,7 +12,7 @@ from edgefold.exporter.methods import (
     MethodOptions,
     get_method,
 )
-from edgefold.exporter.planning.plan import LINEAR_METHOD, Plan
+from edgefold.exporter.planning.plan import LINEAR_METHOD, PLAN_RANK_MULTIPLE, Plan
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
 from edgefold.runtime import EdgefoldError
@@ -80,7 +80,7 @@ class CompressionConfig:
         if self.size_budget is not None or self.allocation not in ("uniform", "plan"):
             raise EdgefoldError("a plan gives every module its rank: not with a size budget or an allocation")
         for name, value in (("method", LINEAR_METHOD), ("allocation", "plan"), ("frequency", True),
-                            ("targets", frozenset(ALL_KINDS))):
+                            ("targets", frozenset(ALL_KINDS)), ("rank_multiple", PLAN_RANK_MULTIPLE)):
             object.__setattr__(self, name, value)
 
     def _check_targets(self) -> None:

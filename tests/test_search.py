@@ -20,6 +20,7 @@ from edgefold.exporter import CompressionConfig, GraphConfig, ModuleChoice, Plan
 from edgefold.exporter.graph.quantize import quantize_modules
 from edgefold.exporter.search.frontier import curve, hull
 from edgefold.exporter.search.latency import OpShape, write_probes
+from edgefold.exporter.search.search import _bounds
 from edgefold.exporter.search.simulate import quantized_input, quantized_weight
 from edgefold.exporter.search.space import Cost, Option, weight_bytes
 from edgefold.exporter.search.splits import Splits
@@ -57,6 +58,15 @@ def test_the_curve_goes_from_the_original_to_the_cheapest_one_module_step_at_a_t
         assert after.cost < before.cost and after.loss >= before.loss - 1e-12
         assert sum(before.options[n] != after.options[n] for n in modules) == 1
     assert points[-1].cost == 10.0 + sum(min(o.extra_bytes for o in options) for options in modules.values())
+
+
+def test_the_bisection_keeps_looking_past_a_costlier_failure():
+    """A curve need not be monotone: a failure before the cheapest pass does not end the search there."""
+    rows = [{"kind": "path", "index": 2, "accepted": False}, {"kind": "path", "index": 6, "accepted": True},
+            {"kind": "baseline", "index": None, "accepted": True}]
+    assert _bounds(rows, 10) == (6, 10)
+    assert _bounds(rows + [{"kind": "path", "index": 8, "accepted": False}], 10) == (6, 8)
+    assert _bounds([], 10) == (-1, 10)
 
 
 def test_a_choice_that_costs_more_and_loses_no_less_is_never_on_the_hull():
@@ -262,3 +272,21 @@ def test_a_plan_for_another_model_is_refused(tiny_model, tmp_path, capsys):
                  "--plan", str(plan)])
     assert code == 2 and "a plan for another model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_latency_table_measured_on_the_device_steers_the_search(tiny_model, tmp_path):
+    """The board's flow: probes written here, timed there (torch-free), the table passed back to the export. A
+    board whose int8 kernels are slow (the table says 100x) gets a model without int8."""
+    model = str(tiny_model("roberta-feature-extraction"))
+    assert main(["probes", model, str(tmp_path / "probes")]) == 0
+    assert main(["bench", "--op-table", str(tmp_path / "probes"), "-o", str(tmp_path / "table.json")]) == 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    for entry in table["entries"]:
+        entry["ms"] *= 100 if entry["precision"] == "int8" else 1
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    out = tmp_path / "out"
+    assert main(["export", model, str(out), "--quiet", "--workers", "1", "--max-candidates", "4", "--objective",
+                 "latency", "--latency-table", str(tmp_path / "table.json")]) == 0
+    search = read_manifest(out)["search"]
+    assert search["latency"]["table"] == str(tmp_path / "table.json") and search["latency"]["predicted_ms"] > 0
+    assert "int8" not in search["chosen_plan"], search["chosen_plan"]

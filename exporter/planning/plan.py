@@ -19,6 +19,9 @@ SCHEMA = "edgefold.plan"
 SCHEMA_VERSION = 1
 #: What factorises a Linear in a plan: the best data-aware method we have.
 LINEAR_METHOD = "svd-whitened"
+#: Ranks of a plan's factors (the embeddings' too, which the fit chooses): whole int4 blocks of 32, so that every
+#: factor quantises without a padded block.
+PLAN_RANK_MULTIPLE = 32
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,29 +55,44 @@ def verify(job: Job) -> dict:
                           GraphConfig(optimize="none", precisions=job.plan.precisions), task=job.task,
                           trust_remote_code=job.trust_remote_code, progress=False, calibration=job.calibration,
                           fitted=job.fitted)
-    except EdgefoldError as error:
-        return {**result, "passed": False, "error": str(error), "bytes": None, "metrics": {}, "gates": []}
-    report = validate(job.folder, job.reference, job.data, list(job.gates))
+        report = validate(job.folder, job.reference, job.data, list(job.gates))
+    except Exception as error:  # noqa: BLE001  one candidate's failure (a kernel, a quantiser) is a result
+        return {**result, "passed": False, "error": f"{type(error).__name__}: {error}", "bytes": None,
+                "metrics": {}, "gates": []}
     return {**result, "passed": report["passed"], "bytes": manifest["totals"]["bytes_after"],
             "metrics": report["metrics"], "gates": report["gates"]}
 
 
-def run_jobs(jobs: list[Job], workers: int) -> Iterator[dict]:
-    """Results as they finish: inline for one worker, else in as many spawned processes (torch does not fork
-    safely once its thread pools exist)."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(verify, jobs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        futures = [pool.submit(verify, job) for job in jobs]
+class Workers:
+    """Where jobs run: inline for one worker, else in a pool of spawned processes kept for the whole search
+    (torch does not fork safely once its thread pools exist, and each spawn pays torch's import once)."""
+
+    def __init__(self, workers: int):
+        self.pool = None
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.pool is None:
+            return
+        if error is not None:  # Ctrl-C, SIGTERM, a dead worker: stop the exports now, not when they finish
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=error is None, cancel_futures=True)
+
+    def run(self, jobs: list[Job]) -> list[dict]:
+        """Every job's result, in the order of ``jobs`` (whichever finishes first)."""
+        if self.pool is None:
+            return [verify(job) for job in jobs]
         try:
-            for future in concurrent.futures.as_completed(futures):
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+            return [future.result() for future in [self.pool.submit(verify, job) for job in jobs]]
+        except concurrent.futures.process.BrokenProcessPool:
+            raise EdgefoldError("a worker process died while verifying candidates (out of memory?); try fewer "
+                                "--workers") from None
 
 
 def threads_per_worker(workers: int) -> int:

@@ -29,7 +29,7 @@ from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.quantize import PRECISIONS
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
-from edgefold.exporter.search.candidates import Job, run_jobs, threads_per_worker
+from edgefold.exporter.search.candidates import Job, Workers, threads_per_worker
 from edgefold.exporter.search.frontier import Point, curve
 from edgefold.exporter.search.latency import OpShape, measure_table, model_latencies, model_latency
 from edgefold.exporter.search.report import write_report
@@ -110,6 +110,9 @@ def search_export(model: str | Path, output_dir: str | Path, search: SearchConfi
     check_gates(source.task, data, gates)
     splits = Splits.of(data)
     table = LatencyTable.read(search.latency_table) if search.latency_table else None
+    if table is not None and table.tokens != LATENCY_TOKENS:
+        raise EdgefoldError(f"the latency table {search.latency_table} was measured at {table.tokens} tokens; "
+                            f"the search predicts batch 1 x {LATENCY_TOKENS} (write probes with edgefold probes)")
     run = _Search(source, search, gates, splits, data.source, trust_remote_code, progress)
     with tempfile.TemporaryDirectory(prefix="edgefold-search-") as work:
         return run.run(Path(work), output_dir, table)
@@ -135,7 +138,7 @@ class _Search:
         self.source, self.search, self.gates, self.splits = source, search, gates, splits
         self.data_source, self.trust_remote_code, self.progress = data_source, trust_remote_code, progress
         self.calibration = splits.calibration()
-        self.step = self.candidates = 0
+        self.step = self.jobs_made = 0
 
     def say(self, what: str) -> None:
         self.step += 1
@@ -180,9 +183,10 @@ class _Search:
         if self.search.objective == "size":
             measured = read_manifest(self.reference)["totals"]["bytes_after"]
             return Cost("size", fixed_cost("size", dense, measured, None))
+        if table is not None:  # the device's: the rest of the model was not timed there, and is the same for all
+            return Cost("latency", 0.0, table)
         shapes = {op for options in space.options.values() for option in options for op in option.ops}
-        table = table or measure_table(sorted(shapes), PRECISIONS, LATENCY_TOKENS, LATENCY_THREADS)
-        _check_table(table, shapes)
+        table = measure_table(sorted(shapes), PRECISIONS, LATENCY_TOKENS, LATENCY_THREADS)
         measured = model_latency(self.reference, LATENCY_TOKENS, LATENCY_THREADS)
         return Cost("latency", fixed_cost("latency", dense, measured, table), table)
 
@@ -192,31 +196,26 @@ class _Search:
         verified: list[dict] = []
         low, high = -1, len(points)  # points[low] passes (-1: the original), points[high] fails (len: assumed)
         queue = [(label, point, None) for label, point in baselines.items()]
-        with tqdm(total=budget, desc="candidates", unit="graph", disable=not self.progress) as bar:
+        with Workers(workers) as pool, tqdm(total=budget, desc="candidates", unit="graph",
+                                           disable=not self.progress) as bar:
             while len(verified) < budget and (queue or high - low > 1):
                 room = budget - len(verified)
                 indices = _between(low, high, max(1, min(workers, room - len(queue))))
                 batch = queue + [(f"curve {i + 1}/{len(points)}", points[i], i) for i in indices]
                 queue = []
                 jobs = [self._job(work, label, point, space, index) for label, point, index in batch[:room]]
-                for result in run_jobs([job for job, _ in jobs], workers):
-                    meta = next(meta for job, meta in jobs if job.label == result["label"])
+                for (_, meta), result in zip(jobs, pool.run([job for job, _ in jobs])):
                     verified.append({**meta, **result, "accepted": _clears(result, SELECTION_MARGIN)})
-                    bar.update()
-                for row in verified:
-                    if row["kind"] == "path":
-                        index = row["index"]
-                        low, high = (max(low, index), high) if row["accepted"] else (low, min(high, index))
-                if low >= high:  # a costlier point failed where a cheaper passed: the curve is not monotone here
-                    high = low + 1
+                bar.update(len(jobs))
+                low, high = _bounds(verified, len(points))
         return verified
 
     def _job(self, work: Path, label: str, point: Point, space: Space, index: int | None) -> tuple[Job, dict]:
         """A candidate's job, and what the search knows of it: where it sits on the curve (None: a baseline)."""
         plan = Plan({name: option.choice for name, option in point.options.items() if option.choice != ModuleChoice()})
-        self.candidates += 1
-        job = Job(label, str(self.source.path), self.source.task, plan, space.factors_for(plan.modules),
-                  self.calibration, work / f"candidate-{self.candidates:02d}", self.reference, self.splits.selection,
+        self.jobs_made += 1
+        job = Job(label, self.source.name, self.source.task, plan, space.factors_for(plan.modules),
+                  self.calibration, work / f"candidate-{self.jobs_made:02d}", self.reference, self.splits.selection,
                   tuple(self.gates), self.trust_remote_code, threads_per_worker(self.search.workers))
         meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),
                 "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost, "predicted_loss": point.loss}
@@ -240,10 +239,12 @@ class _Search:
                                                 r["predicted_loss"]))
             reasons = "; ".join(failures({"gates": best["gates"]})) or best.get("error", "")
             raise GateFailure(f"no candidate clears the gates by {SELECTION_MARGIN:g} on the selection split "
-                              f"({len(verified)} verified); "
-                                f"the closest, {best['label']} ({best['plan']}): {reasons}; nothing was written")
-        key = "bytes" if self.search.objective == "size" else "latency_ms"
-        return min(passing, key=lambda row: row[key])
+                              f"({len(verified)} verified); the closest, {best['label']} ({best['plan']}): "
+                              f"{reasons}; nothing was written")
+        # bytes are exact; latency is measured here, unless the table came from the device, whose predictions
+        # are then the only times of the target there are
+        key = {"size": "bytes", "latency": "predicted_cost" if self.search.latency_table else "latency_ms"}
+        return min(passing, key=lambda row: (row[key[self.search.objective]], row["predicted_cost"]))
 
     def _summary(self, verified: list[dict], chosen: dict, check: dict, cost: Cost) -> dict:
         reference_bytes = read_manifest(self.reference)["totals"]["bytes_after"]
@@ -275,6 +276,16 @@ def _uniform(space: Space, precision: str, cost: Cost) -> Point:
     return Point(options, cost.total(options), sum(o.loss for o in options.values()))
 
 
+def _bounds(verified: list[dict], count: int) -> tuple[int, int]:
+    """The curve's cheapest accepted point so far (-1: none, the original), and the first point after it that
+    failed (``count``: none yet). Where the curve is not monotone, a costlier failure does not hide the cheaper
+    points beyond a pass."""
+    path = [row for row in verified if row["kind"] == "path"]
+    low = max((row["index"] for row in path if row["accepted"]), default=-1)
+    high = min((row["index"] for row in path if not row["accepted"] and row["index"] > low), default=count)
+    return low, high
+
+
 def _clears(result: dict, margin: float) -> bool:
     """Every gate passed, and by at least ``margin`` (a threshold of >= moves up, one of <= down)."""
     return result["passed"] and all(
@@ -289,6 +300,7 @@ def _between(low: int, high: int, count: int) -> list[int]:
 
 
 def _check_table(table: LatencyTable, shapes: set[OpShape]) -> None:
+    """The model's own operators must be in the table as they are (factors' times may be scaled)."""
     for shape in sorted(shapes):
         for precision in PRECISIONS:
             table.ms(shape.op, shape.k, shape.n, precision)  # raises, naming the missing entry

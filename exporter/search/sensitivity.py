@@ -17,14 +17,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
-from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS
+from edgefold.exporter.graph.quantize import PRECISIONS
 from edgefold.exporter.methods import FitContext, LowRankFactors, TruncatedSVD
 from edgefold.exporter.methods.base import INPUT_MOMENTS
 from edgefold.exporter.methods.frequency import fit_frequency_aware
 from edgefold.exporter.methods.whitened import WhitenedSVD
 from edgefold.exporter.nn.layers import low_rank_module
 from edgefold.exporter.nn.swap import dense_weight, select_modules
-from edgefold.exporter.planning.plan import ModuleChoice
+from edgefold.exporter.planning.plan import PLAN_RANK_MULTIPLE, ModuleChoice
 from edgefold.exporter.planning.sensitivity import candidate_ranks
 from edgefold.exporter.search.latency import OpShape
 from edgefold.exporter.search.simulate import fake_quantized
@@ -32,8 +32,7 @@ from edgefold.exporter.search.space import Option
 from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
 from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, spec_for
 
-#: Ranks are whole int4 blocks, so that every factor quantises without a padded block.
-RANK_MULTIPLE = INT4_BLOCK_SIZE
+RANK_MULTIPLE = PLAN_RANK_MULTIPLE
 #: Fit texts the whitening statistics are collected on: one forward pass each.
 STATISTICS_ITEMS = 256
 #: Word embedding ratios tried (frequency-aware: exact rows for frequent tokens, a low-rank rest).
@@ -87,6 +86,26 @@ def dense_operators(model: PreTrainedModel) -> set[OpShape]:
     spec = spec_for(model.config.model_type)
     return {op for _, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS))
             for op in _operators(tuple(dense_weight(module, spec, kinds).shape), kinds[0], None)[0]}
+
+
+#: Probes for a table measured on a board: factor ranks on this grid (the fit chooses the exact ones; times are
+#: scaled from the nearest), and embedding factor tables of this many rows (a Gather's time does not grow with it).
+PROBE_RANK_STEP, PROBE_TABLE_ROWS = 64, 4096
+
+
+def probe_shapes(model: PreTrainedModel, factorise_linears: bool) -> list[OpShape]:
+    """Every operator a search of ``model`` may cost: what a latency table measured elsewhere must cover."""
+    spec = spec_for(model.config.model_type)
+    shapes = set(dense_operators(model))
+    for _, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS)):
+        rows, cols = dense_weight(module, spec, kinds).shape
+        if kinds == (EMBEDDINGS,):
+            for rank in range(RANK_MULTIPLE, int(rows * cols / (rows + cols)), PROBE_RANK_STEP):
+                shapes |= {OpShape("Gather", min(rows, PROBE_TABLE_ROWS), rank), OpShape("MatMul", rank, cols)}
+        elif factorise_linears:
+            for rank in candidate_ranks(rows, cols, RANK_MULTIPLE):
+                shapes |= {OpShape("MatMul", cols, rank), OpShape("MatMul", rank, rows)}
+    return sorted(shapes)
 
 
 def _embedding_structures(weight: torch.Tensor, counts: torch.Tensor,

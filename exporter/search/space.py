@@ -53,18 +53,38 @@ class Cost:
 
     def __init__(self, objective: str, fixed: float, table: LatencyTable | None = None):
         self.objective, self.fixed, self.table = objective, fixed, table
-
-    @property
-    def unit(self) -> str:
-        return "bytes" if self.objective == "size" else "ms"
+        self._ms: dict[tuple[OpShape, str], float] = {}
 
     def of(self, option: Option) -> float:
         if self.objective == "size":
             return float(option_bytes(option))
-        return sum(self.table.ms(op.op, op.k, op.n, option.choice.precision) for op in option.ops)
+        return sum(self._op_ms(op, option.choice.precision) for op in option.ops)
+
+    def _op_ms(self, op: OpShape, precision: str) -> float:
+        if (op, precision) not in self._ms:
+            self._ms[(op, precision)] = table_ms(self.table, op, precision)
+        return self._ms[(op, precision)]
 
     def total(self, options: dict[str, Option]) -> float:
         return self.fixed + sum(self.of(option) for option in options.values())
+
+
+def table_ms(table: LatencyTable, op: OpShape, precision: str) -> float:
+    """The measured time of ``op``, or one scaled from the nearest measured shape of the same operator and
+    precision (a factor's rank depends on the fit, so a table measured on a board covers a grid of ranks): a
+    MatMul's time grows with k * n, a Gather's with n alone (it copies one row per token, however many rows)."""
+    key = (op.op, op.k, op.n, precision)
+    if key in table:
+        return table.ms(*key)
+
+    def size(k: int, n: int) -> int:
+        return k * n if op.op == "MatMul" else n
+
+    measured = [(k, n, ms) for (o, k, n, p), ms in table.entries.items() if o == op.op and p == precision]
+    if not measured:
+        return table.ms(*key)  # raises, naming what is missing
+    k, n, ms = min(measured, key=lambda e: (abs(math.log(size(e[0], e[1]) / size(op.k, op.n))), e[0], e[1]))
+    return ms * size(op.k, op.n) / size(k, n)
 
 
 def fixed_cost(objective: str, dense: dict[str, Option], measured: float, table: LatencyTable | None) -> float:

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 
 from ..errors import EdgefoldError, GateFailure, one_line
-from . import bench, export, package, report, validate
+from . import bench, export, package, probes, report, validate
 from .args import Parser
 
 EPILOG = ("The flow: export (needs edgefold[export]), then bench and validate on any machine, pack for a device, "
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     export.add_parser(commands)
+    probes.add_parser(commands)
     bench.add_parser(commands)
     validate.add_parser(commands)
     package.add_parsers(commands)

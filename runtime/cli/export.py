@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from ..dataset import EvalData, load_data
 from ..errors import EdgefoldError
 from . import args as flags
 
@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         if recipe or searching:
             raise EdgefoldError(f"--plan exports a plan as it is: not with {', '.join(recipe + searching)}")
     if recipe and searching:
-        raise EdgefoldError(f"{', '.join(searching)} search for a recipe; {', '.join(recipe)} give one: choose")
+        raise EdgefoldError(f"{', '.join(searching)} search for a recipe, {', '.join(recipe)} give one: "
+                            "use one or the other")
     if (recipe or args.plan) and args.data is not None and not args.gate:
         raise EdgefoldError("--data serves the search, or --gate with a recipe or a plan: give --gate too")
     data = _data(args)
@@ -134,18 +135,16 @@ def run(args: argparse.Namespace) -> int:
             manifest = exporter.export(args.model, args.output_dir, config, graph, parity_atol=atol, **common)
     else:
         _refuse_for_search(args)
-        search = exporter.SearchConfig(objective=args.objective or "size", gates=tuple(args.gate), data=data,
-                                       full=args.search == "full", workers=args.workers or os.cpu_count() or 1,
-                                       latency_table=args.latency_table, max_candidates=args.max_candidates or 9,
-                                       seed=args.seed)
+        chosen = {name: value for name, value in (("objective", args.objective), ("workers", args.workers),
+                                                  ("max_candidates", args.max_candidates)) if value is not None}
+        search = exporter.SearchConfig(gates=tuple(args.gate), data=data, full=args.search == "full",
+                                       latency_table=args.latency_table, seed=args.seed, **chosen)
         manifest = exporter.search_export(args.model, args.output_dir, search, **common)
     print(format_summary(manifest, args.output_dir))
     return 0
 
 
-def _data(args: argparse.Namespace):
-    from ..dataset import load_data
-
+def _data(args: argparse.Namespace) -> EvalData | None:
     columns = (args.label_column, args.query_column, args.positive_column)
     if args.data is None and (args.text_column != "text" or any(columns)):
         raise EdgefoldError("--text-column, --label-column, --query-column and --positive-column name columns of "
@@ -153,26 +152,33 @@ def _data(args: argparse.Namespace):
     return None if args.data is None else load_data(args.data, args.text_column, *columns)
 
 
-def _recipe(args: argparse.Namespace, exporter):
+def _recipe(args: argparse.Namespace, exporter) -> tuple:
+    """(CompressionConfig, GraphConfig) of the flags given, today's defaults for the rest."""
     if args.ratio is not None and args.size_budget is not None:
         raise EdgefoldError("--ratio and --size-budget are two ways to say how small: give one")
-    method = args.method or "svd"
+
+    def given(name: str, default):
+        value = getattr(args, name)
+        return default if value is None else value
+
+    method = given("method", "svd")
     config = exporter.CompressionConfig(
-        method=method, targets=args.targets or "embeddings,attention,ffn",
-        ratio=2.0 if args.ratio is None else args.ratio, seed=args.seed, frequency=args.frequency,
-        calibration=args.calibration, options=exporter.parse_method_options(method, dict(args.method_option or [])),
-        allocation=args.allocation or "uniform", size_budget=args.size_budget)
-    graph = exporter.GraphConfig(optimize=args.optimize or "auto", quantize=args.quantize or "none",
-                                 per_channel=bool(args.per_channel), target=args.quantize_for or "generic",
+        method=method, targets=given("targets", "embeddings,attention,ffn"), ratio=given("ratio", 2.0),
+        seed=args.seed, frequency=args.frequency, calibration=args.calibration,
+        options=exporter.parse_method_options(method, dict(given("method_option", []))),
+        allocation=given("allocation", "uniform"), size_budget=args.size_budget)
+    graph = exporter.GraphConfig(optimize=given("optimize", "auto"), quantize=given("quantize", "none"),
+                                 per_channel=bool(args.per_channel), target=given("quantize_for", "generic"),
                                  formats=_formats(args))
     return config, graph
 
 
-def _plan(args: argparse.Namespace, exporter):
+def _plan(args: argparse.Namespace, exporter) -> tuple:
     from edgefold.exporter.planning.plan import Plan
 
     plan = Plan.read(args.plan)
-    graph = exporter.GraphConfig(optimize=args.optimize or "none", precisions=plan.precisions, formats=_formats(args))
+    graph = exporter.GraphConfig(optimize=args.optimize if args.optimize is not None else "none",
+                                 precisions=plan.precisions, formats=_formats(args))
     return exporter.CompressionConfig(plan=plan, seed=args.seed, calibration=args.calibration), graph
 
 
