@@ -78,16 +78,23 @@ def read_probes(folder: str | Path) -> tuple[int, list[tuple[Key, Path]]]:
         raise EdgefoldError(f"{folder} holds no {INDEX}: not a probe folder")
     document = read_json_object(index, strict=True)
     _check_header(document, index, PROBES_SCHEMA)
-    probes = document.get("probes")
-    if not isinstance(probes, list) or not probes:
-        raise EdgefoldError(f"{index}: probes must be a non-empty list")
-    seen: dict[Key, Path] = {}
-    for number, probe in enumerate(probes):
-        key = _check_entry(probe, f"{index}: probe {number}")
-        if key in seen:
-            raise EdgefoldError(f"{index}: {_describe(key)} is probed twice")
-        seen[key] = _probe_file(folder, probe.get("file"), f"{index}: probe {number}")
-    return int(document["tokens"]), list(seen.items())
+    probes = _keyed(document, "probes", index)
+    return int(document["tokens"]), [(key, _probe_file(folder, probe.get("file"), f"{index}: {_describe(key)}"))
+                                     for key, probe in probes.items()]
+
+
+def _keyed(document: dict, field: str, where: object) -> dict[Key, dict]:
+    """The document's non-empty list ``field`` of entries, each checked and keyed, no key twice."""
+    entries = document.get(field)
+    if not isinstance(entries, list) or not entries:
+        raise EdgefoldError(f"{where}: {field} must be a non-empty list")
+    keyed: dict[Key, dict] = {}
+    for number, entry in enumerate(entries):
+        key = _check_entry(entry, f"{where}: {field[:-1]} {number}")
+        if key in keyed:
+            raise EdgefoldError(f"{where}: {_describe(key)} appears twice")
+        keyed[key] = entry
+    return keyed
 
 
 def _probe_file(folder: Path, name: object, where: str) -> Path:
@@ -192,18 +199,11 @@ class LatencyTable:
                                 f"not {document.get('threads')!r}")
         if not isinstance(document.get("machine"), dict):
             raise EdgefoldError(f"{path}: machine must be a JSON object saying where the table was measured")
-        entries = document.get("entries")
-        if not isinstance(entries, list) or not entries:
-            raise EdgefoldError(f"{path}: entries must be a non-empty list")
         table: dict[Key, float] = {}
-        for number, entry in enumerate(entries):
-            key = _check_entry(entry, f"{path}: entry {number}")
+        for key, entry in _keyed(document, "entries", path).items():
             ms = entry.get("ms")
             if not (isinstance(ms, numbers.Real) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0):
-                raise EdgefoldError(f"{path}: entry {number} ({_describe(key)}): ms must be a finite number "
-                                    f"above 0, not {ms!r}")
-            if key in table:
-                raise EdgefoldError(f"{path}: {_describe(key)} appears twice")
+                raise EdgefoldError(f"{path}: {_describe(key)}: ms must be a finite number above 0, not {ms!r}")
             table[key] = float(ms)
         return cls(table, int(document["tokens"]), int(document["threads"]), document["machine"], str(path))
 

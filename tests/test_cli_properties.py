@@ -56,7 +56,7 @@ def playground(tmp_path_factory, tiny_model, minilm_variants):
 
 def _positional(command: str) -> st.SearchStrategy[list[str]]:
     path = st.sampled_from(["model", "exported", "data.txt", "bad.bin", "missing", "", ".", "result.json"])
-    if command == "export":
+    if command in ("export", "probes"):
         return st.tuples(path, st.sampled_from(["out", "model", "exported", "data.txt", ".", "a\x00b"])).map(list)
     if command in ("bench", "validate", "pack"):
         return st.lists(path, min_size=1, max_size=1 if command != "pack" else 2).map(
@@ -68,7 +68,7 @@ def _positional(command: str) -> st.SearchStrategy[list[str]]:
 
 @st.composite
 def commands(draw) -> list[str]:
-    command = draw(st.sampled_from(["export", "bench", "validate", "pack", "unpack", "report"]))
+    command = draw(st.sampled_from(["export", "probes", "bench", "validate", "pack", "unpack", "report"]))
     argv = [command, *draw(_positional(command))]
     flags = _flags(command)
     chosen = draw(st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True)) if flags else []
@@ -89,10 +89,14 @@ def commands(draw) -> list[str]:
 @pytest.fixture
 def tripwires(monkeypatch):
     import edgefold.exporter.pipeline as pipeline
+    import edgefold.exporter.search.search as search
+    import edgefold.exporter.source.loading as loading
     import edgefold.runtime.bench as bench
     import edgefold.runtime.validate as validate
 
     monkeypatch.setattr(pipeline, "load_model", _trip)
+    monkeypatch.setattr(search, "load_model", _trip)  # the goal-driven export (the default)
+    monkeypatch.setattr(loading, "load_model", _trip)  # edgefold probes
     monkeypatch.setattr(bench, "_run_worker", _trip)
     monkeypatch.setattr(validate, "_METRICS", {task: _trip for task in validate._METRICS})
 

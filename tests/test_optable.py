@@ -126,7 +126,7 @@ def _probe(file: str, **fields) -> dict:
 @pytest.mark.parametrize("problem, match", [
     ("dotdot", "must be a path inside"), ("absolute", "must be a path inside"), ("symlink", "leads outside"),
     ("missing", "no such file"), ("bad-json", "is not valid JSON"), ("op", "unknown op 'Conv'"),
-    ("precision", "unknown precision 'int2'"), ("twice", "probed twice"), ("schema", "not an edgefold.op-probes"),
+    ("precision", "unknown precision 'int2'"), ("twice", "appears twice"), ("schema", "not an edgefold.op-probes"),
     ("tokens", "tokens must be a whole number"), ("empty", "probes must be a non-empty list"),
     ("no-index", "holds no probes.json"),
 ])

@@ -10,6 +10,7 @@ from pathlib import Path
 from edgefold.exporter.compress import ModuleRecord
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import NO_COMPRESSION
+from edgefold.exporter.planning.plan import Plan
 from edgefold.exporter.source.architectures import ALL_KINDS
 from edgefold.exporter.source.loading import SourceModel
 from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
@@ -128,7 +129,8 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
     quantization = manifest.get("quantization")
     if quantization:
         weights = quantization["weights"]
-        weights = ", ".join(weights.values()) if isinstance(weights, dict) else weights
+        if quantization["scheme"] == "mixed":  # per module: how many at each precision
+            weights = ", ".join(f"{precision} x{n}" for precision, n in quantization["modules"].items())
         lines.append(f"  quantised {quantization['scheme']} ({weights}): mean cosine "
                      f"{quantization['fidelity_vs_fp32']['mean_cosine']:.4f} to the fp32 graph, "
                      f"{quantization['fidelity_vs_original']['mean_cosine']:.4f} to the original")
@@ -142,14 +144,9 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
 
 
 def _plan_line(manifest: dict) -> str:
-    t = manifest["totals"]
-    counts: dict[str, int] = {}
-    for choice in manifest["plan"]["modules"].values():
-        structure = f"rank {choice['rank']} " if choice["rank"] else f"{choice['ratio']:g}x " if choice["ratio"] else ""
-        counts[structure + choice["precision"]] = counts.get(structure + choice["precision"], 0) + 1
-    chosen = ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return (f"  plan per module: {chosen or 'every module kept as it was'}; {t['modules_factorised']} module(s) "
-            f"factorised, the rest dense")
+    chosen = Plan.from_dict(manifest["plan"]).describe()
+    return (f"  plan per module: {chosen}; {manifest['totals']['modules_factorised']} module(s) factorised, "
+            "the rest dense")
 
 
 def _gate_lines(manifest: dict) -> list[str]:

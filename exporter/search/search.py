@@ -35,8 +35,8 @@ from edgefold.exporter.search.latency import OpShape, measure_table, model_laten
 from edgefold.exporter.search.report import write_report
 from edgefold.exporter.search.sensitivity import Space, dense_operators, measure_space
 from edgefold.exporter.search.space import OBJECTIVES, Cost, fixed_cost
-from edgefold.exporter.search.splits import Splits
-from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
+from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
+from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
 from edgefold.runtime import EdgefoldError, GateFailure
 from edgefold.runtime.dataset import EvalData, check_data, load_data
@@ -102,12 +102,8 @@ def search_export(model: str | Path, output_dir: str | Path, search: SearchConfi
     again on the check split; returns its manifest (with the plan and the search's summary). Raises
     :class:`EdgefoldError`, writing nothing, for bad input, when no candidate passes, or when the check fails."""
     output_dir = Path(output_dir)
-    source = inspect_model(str(model), task, trust_remote_code)
-    check_output_dir(output_dir, source.path, overwrite)
     data = search.data or _shipped_data()
-    check_data(data, source.task)
-    gates = list(search.gates) or default_gates(source.task, data)
-    check_gates(source.task, data, gates)
+    source, gates = _check_inputs(model, output_dir, task, overwrite, trust_remote_code, data, search.gates)
     splits = Splits.of(data)
     table = LatencyTable.read(search.latency_table) if search.latency_table else None
     if table is not None and table.tokens != LATENCY_TOKENS:
@@ -116,6 +112,18 @@ def search_export(model: str | Path, output_dir: str | Path, search: SearchConfi
     run = _Search(source, search, gates, splits, data.source, trust_remote_code, progress)
     with tempfile.TemporaryDirectory(prefix="edgefold-search-") as work:
         return run.run(Path(work), output_dir, table)
+
+
+def _check_inputs(model: str | Path, output_dir: Path, task: str, overwrite: bool, trust_remote_code: bool,
+                  data: EvalData, gates: tuple[str, ...] | list[str]) -> tuple:
+    """(source, gates): the model, the output folder, the data and the gates (the task's defaults where none are
+    given), all refused before any work."""
+    source = inspect_model(str(model), task, trust_remote_code)
+    check_output_dir(output_dir, source.path, overwrite)
+    check_data(data, source.task)
+    gates = list(gates) or default_gates(source.task, data)
+    check_gates(source.task, data, gates)
+    return source, gates
 
 
 def default_gates(task: str, data: EvalData) -> list[str]:
@@ -133,7 +141,9 @@ def _shipped_data() -> EvalData:
 
 
 class _Search:
-    def __init__(self, source, search: SearchConfig, gates: list[str], splits: Splits, data_source: str,
+    """One search: its inputs, checked; ``run`` does the steps of the module docstring in order."""
+
+    def __init__(self, source: SourceModel, search: SearchConfig, gates: list[str], splits: Splits, data_source: str,
                  trust_remote_code: bool, progress: bool):
         self.source, self.search, self.gates, self.splits = source, search, gates, splits
         self.data_source, self.trust_remote_code, self.progress = data_source, trust_remote_code, progress
@@ -153,7 +163,7 @@ class _Search:
         self.reference = work / "reference"
         export(self.source.name, self.reference, CompressionConfig(method="none"), GraphConfig(optimize="none"),
                task=self.source.task, trust_remote_code=self.trust_remote_code, progress=False)
-        self.say(f"measuring each module's choices on {len(self.splits.selection.texts)} selection items "
+        self.say(f"measuring each module's choices on {SENSITIVITY_ITEMS} selection items "
                  f"({'full' if self.search.full else 'quick'} search)")
         space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
                               seed=self.search.seed, progress=self.progress)
@@ -173,7 +183,7 @@ class _Search:
         summary = self._summary(verified, chosen, check, cost)
         if not check["passed"]:
             raise GateFailure(f"{chosen['label']} passes the gates on the selection split but not on the check "
-                                f"split ({'; '.join(failures(check))}); nothing was written")
+                              f"split ({'; '.join(failures(check))}); nothing was written")
         self.say(f"writing {output_dir}")
         search = {key: value for key, value in summary.items() if key != "candidates"}
         return _publish(Path(chosen["folder"]), output_dir, {"search": search}, summary)
@@ -312,11 +322,8 @@ def export_gated(model: str | Path, output_dir: str | Path, config: CompressionC
     """``export`` a recipe (or a plan), then validate it against the original on ``data`` (default: the shipped
     evaluation text); a recipe that fails a gate is refused (:class:`GateFailure`), nothing written."""
     output_dir = Path(output_dir)
-    source = inspect_model(str(model), task, trust_remote_code)
-    check_output_dir(output_dir, source.path, overwrite)
     data = data or load_data(None)
-    check_data(data, source.task)
-    check_gates(source.task, data, gates)
+    source, gates = _check_inputs(model, output_dir, task, overwrite, trust_remote_code, data, gates)
     atol = {} if parity_atol is None else {"parity_atol": parity_atol}
     with tempfile.TemporaryDirectory(prefix="edgefold-gated-") as work:
         candidate, reference = Path(work) / "candidate", Path(work) / "reference"

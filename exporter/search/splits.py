@@ -43,7 +43,7 @@ class Splits:
 
     def describe(self) -> dict:
         return {"fit": len(self.fit.texts), "selection": len(self.selection.texts), "check": len(self.check.texts),
-                "rule": "item i: fit if i % 6 < 2, selection if 2 <= i % 6 < 5, check if i % 6 == 5"}
+                "rule": f"item i takes role {list(_ROLES)}[i % {len(_ROLES)}]"}
 
 
 def _subset(data: EvalData, indices: list[int], role: str) -> EvalData:
