@@ -133,7 +133,7 @@ def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
     (["--parity-atol", "-1"], "must be 0 or more"),
     (["--parity-atol", "0.1"], "--parity-atol works on a recipe"),
     (["--objective", "size", "--method", "svd"], "give one: use one or the other"),
-    (["--targets", ""], "no targets given"),
+    (["--targets", ""], "unknown target ''"),
     (["--plan", "plan.json", "--quantize", "int8"], "--plan exports a plan as it is"),
     (["--data", "texts.txt", "--method", "svd"], "give --gate too"),
     (["--label-column", "label"], "give the file"),

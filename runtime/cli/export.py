@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             manifest = exporter.export(args.model, args.output_dir, config, graph, parity_atol=atol, **common)
     else:
-        _refuse_for_search(args)
+        _refuse_for_search(args, exporter)
         chosen = {name: value for name, value in (("objective", args.objective), ("workers", args.workers),
                                                   ("max_candidates", args.max_candidates)) if value is not None}
         search = exporter.SearchConfig(gates=tuple(args.gate), data=data, full=args.search == "full",
@@ -182,8 +182,9 @@ def _plan(args: argparse.Namespace, exporter) -> tuple:
     return exporter.CompressionConfig(plan=plan, seed=args.seed, calibration=args.calibration), graph
 
 
-def _refuse_for_search(args: argparse.Namespace) -> None:
+def _refuse_for_search(args: argparse.Namespace, exporter) -> None:
     """The search exports unoptimised graphs in onnx format (per-module precisions name their nodes)."""
+    exporter.GraphConfig(optimize=args.optimize or "none", formats=_formats(args))  # an unknown value, named first
     if args.optimize not in (None, "none"):
         raise EdgefoldError("--optimize works on a recipe; the search's per-module precisions name the nodes of "
                             "the unoptimised graph (onnxruntime still fuses at load time)")
