@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,28 @@ def test_a_latency_table_measured_on_the_device_steers_the_search(tiny_model, tm
     search = read_manifest(out)["search"]
     assert search["latency"]["table"] == str(tmp_path / "table.json") and search["latency"]["predicted_ms"] > 0
     assert "int8" not in search["chosen_plan"], search["chosen_plan"]
+
+
+def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_path, monkeypatch, capsys):
+    """The check split is the last word: here it holds text unlike the selection split (symbols, not prose), on
+    which the chosen model's worst case falls below a gate that it cleared on selection."""
+    from edgefold.exporter.search import search
+
+    symbols = random.Random(0)
+    unlike = EvalData("symbols", ["".join(symbols.choice("ǂʘǁ☃⚙𝔘ŧɮ#@%&") for _ in range(40)) for _ in range(60)])
+    real_split = Splits.of
+
+    def check_on_symbols(data: EvalData) -> Splits:
+        split = real_split(data)
+        return Splits(split.fit, split.selection, unlike)
+
+    monkeypatch.setattr(Splits, "of", staticmethod(check_on_symbols))
+    monkeypatch.setattr(search, "SELECTION_MARGIN", 0.0)  # a gate between the two splits' worst cases
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(shipped_texts("calibration.txt")[:300]))
+    out = tmp_path / "out"
+    code = main(["export", str(tiny_model("roberta-feature-extraction")), str(out), "--quiet", "--workers", "1",
+                 "--max-candidates", "4", "--data", str(data), "--gate", "min_cosine>=0.9994"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "but not on the check split" in line and "nothing was written" in line
+    assert not out.exists()
