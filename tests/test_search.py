@@ -316,3 +316,26 @@ def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_pa
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and "but not on the check split" in line and "nothing was written" in line
     assert not out.exists()
+
+
+def test_an_untied_output_head_is_planned_for_its_precision_only(tiny_model, tmp_path):
+    """Llama's lm_head has its own weight (a third of this tiny model): a plan stores it at a lower precision;
+    GPT-2's head, tied to the embeddings, follows them and is not planned on its own."""
+    from edgefold.exporter.nn.swap import plannable_modules
+    from edgefold.exporter.source.architectures import OUTPUT_HEAD, spec_for
+
+    llama = load_model(inspect_model(str(tiny_model("llama-text-generation"))))
+    gpt2 = load_model(inspect_model(str(tiny_model("gpt2-text-generation"))))
+    heads = [(name, kinds) for name, _, kinds in plannable_modules(llama, spec_for("llama")) if kinds == (OUTPUT_HEAD,)]
+    assert heads == [("lm_head", (OUTPUT_HEAD,))]
+    assert not [kinds for _, _, kinds in plannable_modules(gpt2, spec_for("gpt2")) if kinds == (OUTPUT_HEAD,)]
+    with pytest.raises(EdgefoldError, match="takes a precision only"):
+        Plan({"lm_head": ModuleChoice(rank=32)}).check(llama)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(Plan({"lm_head": ModuleChoice(precision="int8")}).as_dict()))
+    assert main(["export", str(tiny_model("llama-text-generation")), str(tmp_path / "out"), "--quiet",
+                 "--plan", str(plan)]) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["quantization"]["modules"] == {"int8": 1}
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "MatMulInteger" and n.name.startswith("/lm_head/") for n in graph.node)

@@ -12,7 +12,7 @@ from edgefold.exporter.nn.layers import (
     TiedLowRankHead,
     low_rank_module,
 )
-from edgefold.exporter.source.architectures import EMBEDDINGS, ArchitectureSpec
+from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, OUTPUT_HEAD, ArchitectureSpec
 from edgefold.runtime import EdgefoldError
 
 
@@ -32,10 +32,27 @@ def select_modules(model: nn.Module, spec: ArchitectureSpec,
     return selected
 
 
+def plannable_modules(model: nn.Module, spec: ArchitectureSpec) -> list[tuple[str, nn.Module, tuple]]:
+    """What a plan may name: every compressible module, and an output head with a weight of its own (a head tied
+    to the embeddings follows them)."""
+    selected = select_modules(model, spec, frozenset(ALL_KINDS))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = any(tied_head(model, module) for _, module, kinds in selected if kinds == (EMBEDDINGS,))
+    if isinstance(head, nn.Linear) and not tied:
+        selected.append((next(name for name, m in model.named_modules() if m is head), head, (OUTPUT_HEAD,)))
+    return selected
+
+
 def dense_weight(module: nn.Module, spec: ArchitectureSpec, kinds: tuple[str, ...]) -> torch.Tensor:
     weight = module.weight.detach().float()
     # GPT-2's Conv1D stores (in x out); every method sees rows = output units (or tokens).
-    return weight.t().contiguous() if spec.transposed and kinds != (EMBEDDINGS,) else weight
+    return weight.t().contiguous() if transposed(spec, kinds) else weight
+
+
+def transposed(spec: ArchitectureSpec, kinds: tuple[str, ...]) -> bool:
+    """Whether the module stores its weight (in x out): the architecture's Linears do (GPT-2's Conv1D), its
+    embeddings and a head of its own (an nn.Linear) never."""
+    return spec.transposed and kinds not in ((EMBEDDINGS,), (OUTPUT_HEAD,))
 
 
 def tied_head(model: nn.Module, embedding: nn.Module) -> tuple[str, nn.Module] | None:

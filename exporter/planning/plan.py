@@ -10,8 +10,8 @@ from pathlib import Path
 from torch import nn
 
 from edgefold.exporter.graph.quantize import PRECISIONS
-from edgefold.exporter.nn.swap import dense_weight, select_modules
-from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, spec_for
+from edgefold.exporter.nn.swap import dense_weight, plannable_modules
+from edgefold.exporter.source.architectures import EMBEDDINGS, OUTPUT_HEAD, spec_for
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.jsonfile import read_json_object
 
@@ -114,12 +114,14 @@ class Plan:
     def check(self, model: nn.Module) -> None:
         """Refuse a plan made for another model: unknown modules, a choice of the wrong kind, a rank too large."""
         spec = spec_for(model.config.model_type)
-        known = {name: (module, kinds) for name, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS))}
+        known = {name: (module, kinds) for name, module, kinds in plannable_modules(model, spec)}
         for name, choice in self.modules.items():
             if name not in known:
                 raise EdgefoldError(f"the plan names module {name!r}, which this {spec.name} model does not have "
                                     f"(it has e.g. {', '.join(list(known)[:3])}): a plan for another model?")
             module, kinds = known[name]
+            if kinds == (OUTPUT_HEAD,) and choice.factorised:
+                raise EdgefoldError(f"the plan factorises {name} (the output head): it takes a precision only")
             if choice.ratio is not None and kinds != (EMBEDDINGS,):
                 raise EdgefoldError(f"the plan gives {name} (a Linear) a ratio: Linears take a rank")
             if choice.rank is not None:

@@ -23,14 +23,14 @@ from edgefold.exporter.methods.base import INPUT_MOMENTS
 from edgefold.exporter.methods.frequency import fit_frequency_aware
 from edgefold.exporter.methods.whitened import WhitenedSVD
 from edgefold.exporter.nn.layers import low_rank_module
-from edgefold.exporter.nn.swap import dense_weight, select_modules
+from edgefold.exporter.nn.swap import dense_weight, plannable_modules, transposed
 from edgefold.exporter.planning.plan import PLAN_RANK_MULTIPLE, ModuleChoice
 from edgefold.exporter.planning.sensitivity import candidate_ranks
 from edgefold.exporter.search.latency import OpShape
 from edgefold.exporter.search.simulate import fake_quantized
 from edgefold.exporter.search.space import Option
 from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
-from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, spec_for
+from edgefold.exporter.source.architectures import EMBEDDINGS, OUTPUT_HEAD, spec_for
 
 RANK_MULTIPLE = PLAN_RANK_MULTIPLE
 #: Fit texts the whitening statistics are collected on: one forward pass each.
@@ -54,12 +54,13 @@ def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sp
                   factorise_linears: bool, seed: int = 0, progress: bool = True) -> Space:
     """Every module's options with their measured losses (see the module docstring)."""
     spec = spec_for(model.config.model_type)
-    selected = select_modules(model, spec, frozenset(ALL_KINDS))
+    selected = plannable_modules(model, spec)
     scorer = ValidationScorer(model, splits.selection.texts[:SENSITIVITY_ITEMS], tokenizer)
     calibration = splits.calibration()
     statistics = {}
     if factorise_linears:
-        linears = {name: (module, spec.transposed) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+        linears = {name: (module, spec.transposed) for name, module, kinds in selected
+                   if kinds not in ((EMBEDDINGS,), (OUTPUT_HEAD,))}
         statistics = collect_statistics(model, linears, frozenset({INPUT_MOMENTS}),
                                         calibration.fit_texts[:STATISTICS_ITEMS], tokenizer, seed, progress)
     space = Space()
@@ -70,21 +71,23 @@ def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sp
             counts = calibration.token_counts(tokenizer, weight.shape[0])
             context = FitContext(seed=seed, kind=EMBEDDINGS, score=scorer.for_module(name, EMBEDDINGS, module))
             structures = _embedding_structures(weight, counts, context)
+        elif factorise_linears and kinds != (OUTPUT_HEAD,):
+            structures = _linear_structures(weight, kinds[0], statistics.get(name), seed)
         else:
-            structures = _linear_structures(weight, kinds[0], statistics.get(name), seed) if factorise_linears else []
+            structures = []
         space.options[name] = []
         for choice, factors in [(ModuleChoice(), None), *structures]:
             if factors is not None:
                 space.fitted[(name, choice.structure)] = factors
-            space.options[name] += _options(scorer, name, kinds[0], module, choice, factors, spec.transposed,
-                                            tuple(weight.shape))
+            space.options[name] += _options(scorer, name, kinds[0], module, choice, factors,
+                                            transposed(spec, kinds), tuple(weight.shape))
     return space
 
 
 def dense_operators(model: PreTrainedModel) -> set[OpShape]:
     """The operators of every module as it is: what a latency table must cover before anything else."""
     spec = spec_for(model.config.model_type)
-    return {op for _, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS))
+    return {op for _, module, kinds in plannable_modules(model, spec)
             for op in _operators(tuple(dense_weight(module, spec, kinds).shape), kinds[0], None)[0]}
 
 
@@ -97,12 +100,12 @@ def probe_shapes(model: PreTrainedModel, factorise_linears: bool) -> list[OpShap
     """Every operator a search of ``model`` may cost: what a latency table measured elsewhere must cover."""
     spec = spec_for(model.config.model_type)
     shapes = set(dense_operators(model))
-    for _, module, kinds in select_modules(model, spec, frozenset(ALL_KINDS)):
+    for _, module, kinds in plannable_modules(model, spec):
         rows, cols = dense_weight(module, spec, kinds).shape
         if kinds == (EMBEDDINGS,):
             for rank in range(RANK_MULTIPLE, int(rows * cols / (rows + cols)), PROBE_RANK_STEP):
                 shapes |= {OpShape("Gather", min(rows, PROBE_TABLE_ROWS), rank), OpShape("MatMul", rank, cols)}
-        elif factorise_linears:
+        elif factorise_linears and kinds != (OUTPUT_HEAD,):
             for rank in candidate_ranks(rows, cols, RANK_MULTIPLE):
                 shapes |= {OpShape("MatMul", cols, rank), OpShape("MatMul", rank, rows)}
     return sorted(shapes)

@@ -20,6 +20,9 @@ TARGET_GROUPS = {
     "ffn": ("ffn-in", "ffn-out"),
 }
 ALL_KINDS = (EMBEDDINGS, *LINEAR_KINDS)
+#: A causal LM's output head when it has its own weight (not tied to the embeddings): a plan may store it at a
+#: lower precision, nothing factorises it (it is no target).
+OUTPUT_HEAD = "output-head"
 
 
 @dataclass(frozen=True)
