@@ -13,11 +13,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.methods import LowRankFactors
+from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import Plan
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.dataset import EvalData
+from edgefold.runtime.validate import validate
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,6 @@ class Job:
 def verify(job: Job) -> dict:
     """Export ``job.plan`` into ``job.folder`` and validate it; an export that fails its own checks is a result
     (``passed`` False, with the reason), not an exception."""
-    import torch
-
-    from edgefold.exporter.config import CompressionConfig
-    from edgefold.exporter.graph.config import GraphConfig
-    from edgefold.exporter.pipeline import export
-    from edgefold.runtime.validate import validate
-
     torch.set_num_threads(job.threads)
     result = {"label": job.label, "folder": str(job.folder)}
     try:

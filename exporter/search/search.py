@@ -126,6 +126,13 @@ def _check_inputs(model: str | Path, output_dir: Path, task: str, overwrite: boo
     return source, gates
 
 
+def _export_reference(source: SourceModel, folder: Path, trust_remote_code: bool) -> Path:
+    """The original, exported unchanged and unoptimised: what every candidate is validated against."""
+    export(source.name, folder, CompressionConfig(method="none"), GraphConfig(optimize="none"), task=source.task,
+           trust_remote_code=trust_remote_code, progress=False)
+    return folder
+
+
 def default_gates(task: str, data: EvalData) -> list[str]:
     gates = list(DEFAULT_GATES[task])
     if data.pairs and task == "feature-extraction":
@@ -160,9 +167,7 @@ class _Search:
         network = load_model(self.source, self.trust_remote_code)
         if table is not None:
             _check_table(table, dense_operators(network))
-        self.reference = work / "reference"
-        export(self.source.name, self.reference, CompressionConfig(method="none"), GraphConfig(optimize="none"),
-               task=self.source.task, trust_remote_code=self.trust_remote_code, progress=False)
+        self.reference = _export_reference(self.source, work / "reference", self.trust_remote_code)
         self.say(f"measuring each module's choices on {SENSITIVITY_ITEMS} selection items "
                  f"({'full' if self.search.full else 'quick'} search)")
         space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
@@ -332,8 +337,7 @@ def export_gated(model: str | Path, output_dir: str | Path, config: CompressionC
         if progress:
             print(f"edgefold: validating against the original on {data.source} ({', '.join(gates)})",
                   file=sys.stderr, flush=True)
-        export(source.name, reference, CompressionConfig(method="none"), GraphConfig(optimize="none"),
-               task=source.task, trust_remote_code=trust_remote_code, progress=False)
+        _export_reference(source, reference, trust_remote_code)
         report = validate(candidate, reference, data, gates)
         if not report["passed"]:
             raise GateFailure(f"the recipe fails its gates on {data.source}: {'; '.join(failures(report))}; "

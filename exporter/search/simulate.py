@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgefold.exporter.graph.quantize import INT4_BLOCKS
 from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear
 
 
@@ -61,7 +62,7 @@ class _SimulatedMatMuls(nn.Module):
 
 
 def block_size(precision: str) -> int | None:
-    return int(precision.split("-")[1]) if precision.startswith("int4-") else None
+    return INT4_BLOCKS.get(precision)
 
 
 def quantized_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
