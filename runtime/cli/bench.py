@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import EdgefoldError
 from ..outputs import check_json_output, write_json
 from . import args as flags
+from . import devices
 
 
 def add_parser(commands) -> None:
@@ -35,12 +36,14 @@ def add_parser(commands) -> None:
     bench.add_argument("--no-arena", action="store_true", help="disable onnxruntime's CPU memory arena")
     bench.add_argument("--no-spinning", action="store_true", help="intra-op threads sleep instead of spinning")
     bench.add_argument("--emulated", action="store_true", help="label the timings as emulated (qemu)")
-    bench.add_argument("-o", "--output", type=Path, help="JSON file (default: bench-<folder>.json)")
+    bench.add_argument("-o", "--output", type=Path, help="JSON file (default: bench-<folder>.json); with --on, the "
+                                                         "folder for bench-<folder>@<device>.json (default: .)")
     bench.add_argument("--overwrite", action="store_true", help="replace the JSON file if edgefold wrote it")
+    devices.add_flags(bench)
     # What only a model bench uses, with its default: --op-table refuses any of them set otherwise.
     model_only = {action.dest: (action.option_strings[0], action.default) for action in bench._actions
                   if action.dest in _MODEL_ONLY}
-    bench.set_defaults(run=run, model_only=model_only)
+    bench.set_defaults(run=run, model_only=model_only, actions=bench._actions)
 
 
 _MODEL_ONLY = ("compare", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",
@@ -48,10 +51,13 @@ _MODEL_ONLY = ("compare", "batch", "seq", "inputs", "warmup", "iterations", "min
 
 
 def run(args: argparse.Namespace) -> int:
+    devices.check_local(args)
     if args.op_table is not None:
         return _op_table(args)
     if args.folder is None:
         raise EdgefoldError("give the exported folder to measure (or --op-table PROBES_DIR for a latency table)")
+    if args.on:
+        return _on_devices(args)
     from ..bench import SCHEMA, BenchSettings, bench, format_table
 
     settings = BenchSettings(
@@ -67,6 +73,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_devices(args: argparse.Namespace) -> int:
+    from ..folder import ExportedFolder
+    from ..remote import RemoteJob
+
+    folders = [args.folder] + ([args.compare] if args.compare else [])
+    for folder in folders:
+        ExportedFolder.open(folder)  # a folder that is no export is refused before any device is reached
+    names = devices.device_names(folders)
+    arguments = [names[0], *(["--compare", names[1]] if args.compare else []),
+                 *devices.forwarded(args, args.actions, _FORWARDED)]
+    job = RemoteJob("bench", arguments, bundles=dict(zip(names, map(Path, folders))), wheelhouse=args.wheelhouse)
+    return devices.exit_code(devices.run(args, job, f"bench-{Path(args.folder).resolve().name}"))
+
+
+_FORWARDED = ("threads", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",
+              "no_arena", "no_spinning", "emulated")
+
+
 def _op_table(args: argparse.Namespace) -> int:
     from ..optable import TABLE_SCHEMA, LatencyTable, format_entries, read_probes, time_probes
 
@@ -74,6 +98,8 @@ def _op_table(args: argparse.Namespace) -> int:
         raise EdgefoldError(f"--op-table times probes, not a model: give the folder {args.folder!r} or --op-table, "
                             "not both")
     given = [flag for dest, (flag, default) in args.model_only.items() if getattr(args, dest) != default]
+    if args.on:
+        given.append("--on")
     if given:
         raise EdgefoldError(f"{', '.join(given)} measure a model folder, not --op-table probes")
     threads = args.threads or (1,)

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import EdgefoldError
 from ..outputs import check_json_output, write_json
 from . import args as flags
+from . import devices
 from .export import EXPORT_EXTRA_HINT
 
 
@@ -34,15 +35,20 @@ def add_parser(commands) -> None:
                                "file, else per-task defaults)")
     validate.add_argument("--gates", metavar="FILE", help='JSON {"gates": [...]} (default: edgefold-gates.json '
                                                           "in the candidate folder, if present)")
-    validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json)")
+    validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json); with "
+                                                            "--on, the folder for validate-<candidate>@<device>.json")
     validate.add_argument("--overwrite", action="store_true", help="replace the JSON report if edgefold wrote it")
-    validate.set_defaults(run=run)
+    devices.add_flags(validate)
+    validate.set_defaults(run=run, actions=validate._actions)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..dataset import load_data
     from ..validate import SCHEMA, check_inputs, failures, validate
 
+    devices.check_local(args)
+    if args.on:
+        return _on_devices(args)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
     check_json_output(output, SCHEMA, args.overwrite)
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
@@ -62,6 +68,34 @@ def run(args: argparse.Namespace) -> int:
     for line in failures(report):
         print(f"FAIL: {line}", file=sys.stderr)
     return 1
+
+
+def _on_devices(args: argparse.Namespace) -> int:
+    """The same check on each device: the candidate and reference go over packed, with the data and gate files."""
+    from ..dataset import load_data
+    from ..remote import RemoteJob
+    from ..validate import check_inputs
+
+    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    check_inputs(args.candidate, data.first(args.limit) if args.limit else data, args.gate, args.gates)
+    files = {f"data{Path(args.data).suffix.lower()}": Path(args.data)} if args.data else {}
+    files.update({"gates.json": Path(args.gates)} if args.gates else {})
+    with _reference_folder(args.reference) as reference:
+        names = devices.device_names([args.candidate, reference])
+        arguments = [names[0], "--reference", names[1],
+                     *devices.forwarded(args, args.actions, _FORWARDED),
+                     *(["--data", next(iter(files))] if args.data else []),
+                     *(["--gates", "gates.json"] if args.gates else [])]
+        job = RemoteJob("validate", arguments, bundles=dict(zip(names, (Path(args.candidate), Path(reference)))),
+                        files=files, wheelhouse=args.wheelhouse, accept=(0, 1))
+        outcomes = devices.run(args, job, f"validate-{Path(args.candidate).resolve().name}")
+    failed_gates = [o.device.name for o in outcomes if o.ok and not o.result.get("passed")]
+    if failed_gates:
+        print(f"FAIL: a gate failed on {', '.join(failed_gates)}", file=sys.stderr)
+    return devices.exit_code(outcomes) or (1 if failed_gates else 0)
+
+
+_FORWARDED = ("limit", "text_column", "label_column", "query_column", "positive_column", "gate")
 
 
 @contextlib.contextmanager
