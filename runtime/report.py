@@ -199,6 +199,11 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def check_plotting() -> None:
+    """matplotlib is installed: a report is refused before any work, not after it."""
+    _pyplot()
+
+
 def _pyplot():
     try:
         import matplotlib

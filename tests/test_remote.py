@@ -66,7 +66,8 @@ def runs_left(root: Path) -> list[str]:
 def test_bench_on_two_devices_in_parallel_then_one_report(server, device_root, minilm_variants, tmp_path, capsys):
     results = tmp_path / "results"
     code = main(["bench", str(minilm_variants["mild"]), "--compare", str(minilm_variants["reference"]), *QUICK,
-                 *on(server, device_root, "board-a", "board-b"), "-o", str(results)])
+                 *on(server, device_root, "board-a", "board-b"), "-o", str(results), "--report",
+                 str(tmp_path / "report")])
     out, err = capsys.readouterr()
     assert code == 0, err
     files = sorted(p.name for p in results.iterdir())
@@ -81,9 +82,9 @@ def test_bench_on_two_devices_in_parallel_then_one_report(server, device_root, m
     assert runs_left(device_root) == []  # each run folder removed; the venv stays for the next run
     assert [p.name for p in (device_root / "venvs").iterdir() if (p / ".edgefold-ready").is_file()]
     load_results(list(results.iterdir()))
-    assert main(["report", *map(str, sorted(results.iterdir())), "-o", str(tmp_path / "report")]) == 0
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "board-a" in report and "board-b" in report
+    report = (tmp_path / "report" / "report.md").read_text()  # --report: the merged report of the same command
+    assert "| board-a |" in report and "| board-b |" in report and "## Devices" in report
+    assert (tmp_path / "report" / "latency-p50.png").is_file()
 
 
 @needs_sshd
@@ -173,6 +174,20 @@ def test_a_device_without_python_or_with_an_old_one_is_refused_by_name(tiny_expo
                      "-o", str(tmp_path)])
     assert code == 3 and "Python 3.8.18 on the device; edgefold's runtime needs 3.10" in capsys.readouterr().out
     assert not (tmp_path / "device").exists()
+
+
+@needs_sshd
+def test_a_device_out_of_disk_is_refused_before_the_transfer(server, tiny_export, tmp_path, capsys):
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here to play a full disk")
+    try:
+        code = main(["bench", str(tiny_export), *QUICK, *on(server, small / "edgefold"), "-o", str(tmp_path)])
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    out = capsys.readouterr().out
+    assert code == 3 and re.search(r"out of disk: 2 MB free in .*small-disk/edgefold, the run needs about \d+ MB", out)
 
 
 @needs_sshd
@@ -275,3 +290,81 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@needs_sshd
+def test_sigterm_on_the_host_stops_the_device_side_too(server, device_root, tiny_export, tmp_path):
+    """The agent takes the end of its stdin for the host going away: the bench it started must not run on."""
+    import os
+    import signal
+    import time
+
+    argv = [sys.executable, "-m", "edgefold.runtime.cli", "bench", str(tiny_export), "--threads", "1", "--seq", "16",
+            "--min-seconds", "120", *on(server, device_root), "-o", str(tmp_path)]
+    host = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in host.stderr:
+        if "running edgefold bench" in line:
+            break
+    time.sleep(2)  # the bench is under way on the device
+    assert _device_processes(device_root)
+    host.send_signal(signal.SIGTERM)
+    assert host.wait(timeout=60) == 143 and "terminated" in host.stderr.read()
+    deadline = time.monotonic() + 20
+    while _device_processes(device_root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _device_processes(device_root) and runs_left(device_root) == []
+    assert not list(tmp_path.glob("bench-*.json")) and os.listdir(tmp_path) == []
+
+
+def _device_processes(root: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(root)], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+ARM_CHROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "arm_chroot.sh"
+
+
+def _arm_skip_reason() -> str | None:
+    if skip_reason():
+        return skip_reason()
+    root = subprocess.run([str(ARM_CHROOT), "root"], capture_output=True, text=True).stdout.strip()
+    marker = Path(root) / ".edgefold-ready"
+    if not marker.is_file() or "openssh-server" not in marker.read_text():
+        return (f"no emulated aarch64 chroot with sshd at {root} (benchmarks/arm_emulated.sh builds it; CI runs it "
+                "before the tests)")
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_arm_skip_reason() is not None, reason=_arm_skip_reason() or "")
+def test_one_command_measures_an_x86_and_an_emulated_arm_device_and_report_merges_them(server, device_root,
+                                                                                      tiny_export, tmp_path, capsys):
+    """The chroot's own sshd is a second device, reached by an alias of the ssh config. Both devices run their own
+    python3 (Debian's) and install the runtime into the same path, each on its own file system."""
+    port = _closed_port()
+    pidfile = tmp_path / "arm-sshd.pid"
+    started = subprocess.run([str(ARM_CHROOT), "sshd", str(port), f"{server.client_key}.pub", str(pidfile)],
+                             capture_output=True, text=True, timeout=900)
+    assert started.returncode == 0, started.stderr
+    arm_key = started.stdout.strip().splitlines()[-1]
+    try:
+        both = server.write_config(tmp_path / "config", known_hosts_text=(
+            f"{server.known_hosts.read_text().strip()}\nedgefold-arm-sshd {arm_key}\n"))
+        both.write_text(f"Host arm\n    HostName 127.0.0.1\n    Port {port}\n    HostKeyAlias edgefold-arm-sshd\n\n"
+                        + both.read_text())
+        code = main(["bench", str(tiny_export), *QUICK, "--on", f"x86={server.url()}", "--on", "arm=ssh://root@arm",
+                     "--ssh-config", str(both), "--remote-dir", str(tmp_path / "device"), "-o",
+                     str(tmp_path / "results")])
+    finally:
+        subprocess.run([str(ARM_CHROOT), "sshd-stop", str(pidfile)], capture_output=True, timeout=120)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    arm = json.loads((tmp_path / "results" / "bench-tiny-bert@arm.json").read_text())
+    x86 = json.loads((tmp_path / "results" / "bench-tiny-bert@x86.json").read_text())
+    assert arm["machine"]["architecture"] == "aarch64" and arm["machine"]["emulated"] is True
+    assert x86["machine"]["architecture"] == "x86_64" and not x86["machine"]["emulated"]
+    results = sorted(map(str, (tmp_path / "results").iterdir()))
+    assert main(["report", *results, "-o", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Devices" in report and "aarch64" in report and "x86_64" in report
+    assert (tmp_path / "report" / "latency-p50-emulated.png").is_file()

@@ -12,8 +12,9 @@ from . import bench, export, package, probes, report, validate
 from .args import Parser
 
 EPILOG = ("The flow: export (needs edgefold[export]), then bench and validate on any machine, pack for a device, "
-          "report to merge results. Bad input: one line on stderr, exit 2; a failed accuracy gate: exit 1. Ctrl-C or SIGTERM: nothing "
-          "half-written is left behind.")
+          "report to merge results; bench and validate --on ssh://... run on devices. Bad input: one line on stderr, "
+          "exit 2; a failed accuracy gate: exit 1; a device that could not run (--on): exit 3. Ctrl-C or SIGTERM: "
+          "nothing half-written is left behind.")
 
 
 class Terminated(BaseException):

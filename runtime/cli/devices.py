@@ -11,13 +11,14 @@ from pathlib import Path
 from ..errors import EdgefoldError
 from ..outputs import check_json_output, check_writable_parent, write_json
 from ..remote import Device, DeviceOutcome, RemoteJob, SshSettings, parse_device, run_on_devices
+from . import report
 
 #: Exit status when a device could not run the command (unreachable, refused, crashed); 1 stays a failed gate.
 DEVICE_FAILED = 3
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 # flag -> default of the device-only flags: refused without --on
 _DEVICE_ONLY = {"ssh_config": None, "accept_new_host_key": False, "remote_dir": ".edgefold",
-                "remote_python": "python3", "wheelhouse": None, "keep_remote": False}
+                "remote_python": "python3", "wheelhouse": None, "keep_remote": False, "report": None}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wheelhouse", type=Path, metavar="DIR",
                        help="wheels for a device without package-index access (pip download --platform ...)")
     group.add_argument("--keep-remote", action="store_true", help="keep each device's run folder (to debug)")
+    group.add_argument("--report", type=Path, metavar="DIR",
+                       help="also merge the devices' results into one report (report.md and plots, as edgefold "
+                            "report writes)")
 
 
 def _device(text: str) -> Device:
@@ -100,16 +104,22 @@ def run(args: argparse.Namespace, job: RemoteJob, result_name: str) -> list[Devi
         check_writable_parent(folder)  # made once the devices are done
     for path in outputs.values() if folder.exists() else ():
         check_json_output(path, job_schema(job), args.overwrite)
+    if args.report:
+        report.check_output(args.report, args.overwrite)
     outcomes = run_on_devices(args.on, job, settings(args), keep=args.keep_remote)
     folder.mkdir(exist_ok=True)
+    written = []
     for outcome in outcomes:
         if outcome.ok:
             document = dict(outcome.result, device={"name": outcome.device.name, "address": outcome.device.address})
             write_json(outputs[outcome.device.name], document)
+            written.append(outputs[outcome.device.name])
     print()
     for outcome in outcomes:
         status = f"wrote {outputs[outcome.device.name]}" if outcome.ok else f"FAILED: {outcome.error}"
         print(f"{outcome.device.name:16} {outcome.device.address:32} {outcome.seconds:6.0f} s  {status}")
+    if args.report and written:
+        report.write(written, args.report)
     return outcomes
 
 

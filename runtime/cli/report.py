@@ -19,14 +19,28 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import load_results, write_report
+    from ..report import load_results
 
-    check_folder_output(args.output, args.overwrite, _is_report_folder, REPORT)
+    check_output(args.output, args.overwrite)
     load_results(args.results)  # every input checked before anything is written
-    with staged_folder(args.output) as staging:  # a replaced report keeps no stale plot
-        write_report(args.results, staging)
-    print(f"wrote {args.output / REPORT}")
+    write(args.results, args.output)
     return 0
+
+
+def check_output(folder: Path, overwrite: bool) -> None:
+    """The report may go to ``folder``, and matplotlib is there to draw it: checked before any work."""
+    from ..report import check_plotting
+
+    check_folder_output(folder, overwrite, _is_report_folder, REPORT)
+    check_plotting()
+
+
+def write(results: list[str | Path], folder: Path) -> None:
+    from ..report import write_report
+
+    with staged_folder(folder) as staging:  # a replaced report keeps no stale plot
+        write_report(results, staging)
+    print(f"wrote {folder / REPORT}")
 
 
 def _is_report_folder(folder: Path) -> bool:

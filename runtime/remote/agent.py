@@ -16,9 +16,11 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 _RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
@@ -97,6 +99,7 @@ def run(root, request):
     """Install (or reuse) the runtime, unpack the bundles with edgefold's checked unpack, run one edgefold
     command, and return its JSON result."""
     folder = _run_folder(root, request["run"])
+    _watch_host()
     seconds = {}
     start = time.monotonic()
     python, reused = _runtime(root, folder, request)
@@ -175,13 +178,36 @@ def _edgefold(python, folder, arguments, what, accept=(0,)):
     return _call([python, *_CLI, *arguments], folder, what, accept)
 
 
+_children = []
+
+
+def _watch_host():
+    """The host holds our stdin open for as long as it waits: end of file means it is gone (Ctrl-C, a dropped
+    link), and then nothing it started may go on running here. Children run in their own process group, so the
+    bench's worker processes are stopped with them."""
+    def watch():
+        while os.read(0, 65536):  # the raw descriptor: a thread blocked in sys.stdin would abort Python's exit
+            pass
+        for child in list(_children):
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _call(argv, folder, what, accept=(0,)):
     """Run argv (no shell) in the run folder, its output kept in a log there; a refusal quotes the last lines."""
     log = os.path.join(folder, "edgefold-device.log")
     with open(log, "ab") as sink:
         sink.write(("$ " + " ".join(argv) + "\n").encode())
         sink.flush()
-        code = subprocess.call(argv, cwd=folder, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(argv, cwd=folder, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        _children.append(child)
+        code = child.wait()
     if code in accept:
         return code
     with open(log, "rb") as handle:

@@ -161,6 +161,8 @@ class _Runner:
             outcome.result, outcome.exit = reply["result"], reply["exit"]
         except DeviceError as error:
             outcome.error = str(error)
+        except (KeyError, TypeError, ValueError) as error:  # a reply this edgefold cannot read: that device's alone
+            outcome.error = f"unexpected reply from the device's agent ({type(error).__name__}: {error})"
         finally:
             if sent:
                 outcome.kept = self._finish(device, run_id, outcome)

@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class SshSettings:
     connect_timeout: int = 15
 
     def __post_init__(self):
+        if shutil.which("ssh") is None:
+            raise EdgefoldError("--on needs OpenSSH's ssh command (Debian and Ubuntu: apt install openssh-client)")
         if not _PYTHON.fullmatch(self.python) or self.python.startswith("-"):
             raise EdgefoldError(f"--remote-python {self.python!r}: give a command or path (letters, digits, ./_+-)")
         if self.config is not None and not Path(self.config).is_file():
@@ -81,11 +84,8 @@ def call_agent(device: Device, settings: SshSettings, request: dict, *, stdin: I
     ssh); the agent's stderr lines go to ``progress``."""
     request = {"root": settings.remote_dir, **request}
     argv = settings.argv(device, agent_command(settings, request))
-    try:
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise EdgefoldError("no ssh client: install OpenSSH's (Debian and Ubuntu: apt install openssh-client)") from None
+    # stdin stays open while we wait: the agent takes its end for the host going away
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if started:
         started(process)
     sent_all = _send(process, stdin) if stdin is not None else True
@@ -97,6 +97,7 @@ def call_agent(device: Device, settings: SshSettings, request: dict, *, stdin: I
             progress(line[len(PROGRESS):])
     output = process.stdout.read().decode("utf-8", "replace")
     code = process.wait()
+    process.stdin.close()
     reply = _reply(output)
     if reply is not None and not reply.get("ok"):
         raise DeviceError(reply.get("error") or "the device's agent failed")
