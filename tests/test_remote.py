@@ -368,3 +368,67 @@ def test_one_command_measures_an_x86_and_an_emulated_arm_device_and_report_merge
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Devices" in report and "aarch64" in report and "x86_64" in report
     assert (tmp_path / "report" / "latency-p50-emulated.png").is_file()
+
+
+@given(threads=st.none() | st.lists(st.integers(1, 64), min_size=1, max_size=3, unique=True),
+       seq=st.lists(st.integers(1, 512), min_size=1, max_size=3, unique=True),
+       warmup=st.integers(0, 50), no_arena=st.booleans(), inputs=st.sampled_from(["text", "synthetic"]),
+       level=st.sampled_from(["disable", "basic", "extended", "all"]))
+def test_the_flags_a_device_gets_mean_what_the_user_gave(threads, seq, warmup, no_arena, inputs, level):
+    """bench's flags are written back for the device's edgefold: parsed there, they are the user's settings."""
+    from edgefold.runtime.cli import build_parser
+    from edgefold.runtime.cli.bench import _FORWARDED
+    from edgefold.runtime.cli.devices import forwarded
+
+    user = ["bench", "model", "--seq", ",".join(map(str, seq)), "--warmup", str(warmup), "--inputs", inputs,
+            "--ort-optimization-level", level, *(["--threads", ",".join(map(str, threads))] if threads else []),
+            *(["--no-arena"] if no_arena else []), "--on", "ssh://board", "--keep-remote", "-o", "out"]
+    args = build_parser().parse_args(user)
+    device = build_parser().parse_args(["bench", "model", *forwarded(args, args.actions, _FORWARDED)])
+    for dest in _FORWARDED:
+        assert getattr(device, dest) == getattr(args, dest), dest
+    assert device.on is None and not device.keep_remote and device.output is None  # host-only flags stay home
+
+
+@given(gates=st.lists(st.text(min_size=1, max_size=20).filter(lambda g: not g.startswith("-")), max_size=3),
+       limit=st.none() | st.integers(1, 10_000), column=st.text(min_size=1, max_size=12).filter(
+           lambda c: not c.startswith("-")))
+def test_validate_flags_reach_the_device_unchanged_whatever_they_hold(gates, limit, column):
+    from edgefold.runtime.cli import build_parser
+    from edgefold.runtime.cli.devices import forwarded
+    from edgefold.runtime.cli.validate import _FORWARDED
+
+    user = ["validate", "cand", "--reference", "ref", "--text-column", column,
+            *[part for gate in gates for part in ("--gate", gate)], *(["--limit", str(limit)] if limit else []),
+            "--on", "ssh://board"]
+    args = build_parser().parse_args(user)
+    device = build_parser().parse_args(["validate", "cand", "--reference", "ref",
+                                        *forwarded(args, args.actions, _FORWARDED)])
+    for dest in _FORWARDED:
+        assert getattr(device, dest) == getattr(args, dest), dest
+
+
+def test_a_device_keeps_the_two_last_used_runtimes_of_its_python(tmp_path):
+    """An upgrade of edgefold installs a new venv; older ones go, beyond the last two used, and only for the same
+    Python and machine (another Python's venvs are not this one's to judge)."""
+    import os
+
+    from edgefold.runtime.remote import agent
+
+    venvs = tmp_path / "venvs"
+    ages = {"aaaaaaaaaaaaaaaa-py3.11-aarch64": 30, "bbbbbbbbbbbbbbbb-py3.11-aarch64": 10,
+            "cccccccccccccccc-py3.11-aarch64": 20, "dddddddddddddddd-py3.9-aarch64": 40,
+            "eeeeeeeeeeeeeeee-py3.11-aarch64.partial-20261130-000000-00000000": 50}
+    for name, days in ages.items():
+        (venvs / name).mkdir(parents=True)
+        if "partial" not in name:
+            marker = venvs / name / ".edgefold-ready"
+            marker.touch()
+            os.utime(marker, (0, 1e9 - days * 86400))
+    current = venvs / "ffffffffffffffff-py3.11-aarch64"
+    (current).mkdir()
+    (current / ".edgefold-ready").touch()
+    agent._prune_runtimes(str(current))
+    assert sorted(p.name for p in venvs.iterdir()) == sorted(
+        ["bbbbbbbbbbbbbbbb-py3.11-aarch64", "dddddddddddddddd-py3.9-aarch64", current.name,
+         "eeeeeeeeeeeeeeee-py3.11-aarch64.partial-20261130-000000-00000000"])

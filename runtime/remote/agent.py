@@ -30,6 +30,8 @@ _CLI = ("-m", "edgefold.runtime.cli")
 _CHUNK = 1 << 20
 #: Marks the agent's progress lines on stderr, apart from what ssh and the shell print there.
 PROGRESS = "edgefold-agent: "
+#: How many runtime venvs (edgefold versions) a device keeps for one Python and machine.
+KEEP_RUNTIMES = 2
 
 
 class Refused(Exception):
@@ -138,7 +140,9 @@ def _runtime(root, folder, request):
     final place and renamed into it (so a half-built venv is never taken for a ready one)."""
     venv = _venv(root, request["venv_key"])
     python = os.path.join(venv, "bin", "python")
-    if os.path.isfile(os.path.join(venv, ".edgefold-ready")):
+    ready = os.path.join(venv, ".edgefold-ready")
+    if os.path.isfile(ready):
+        os.utime(ready)  # when it was last used: what _prune_runtimes keeps by
         _progress("runtime: reusing " + venv)
         return python, True
     _progress("runtime: installing into " + venv)
@@ -157,7 +161,21 @@ def _runtime(root, folder, request):
         os.rename(staging, venv)
     except OSError:  # another run finished the same runtime first: use that one
         shutil.rmtree(staging, ignore_errors=True)
+    _prune_runtimes(venv)
     return python, False
+
+
+def _prune_runtimes(current, keep=KEEP_RUNTIMES):
+    """Each edgefold version installs its own venv: keep the ``keep`` last used for this Python and machine
+    (``current`` among them), so that upgrades do not fill a small board's disk."""
+    folder, tag = os.path.dirname(current), os.path.basename(current).split("-", 1)[1]
+    ready = []
+    for name in os.listdir(folder):
+        marker = os.path.join(folder, name, ".edgefold-ready")
+        if name.endswith("-" + tag) and os.path.join(folder, name) != current and os.path.isfile(marker):
+            ready.append((os.path.getmtime(marker), os.path.join(folder, name)))
+    for _, old in sorted(ready, reverse=True)[keep - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _extract_installer(bundle, folder):
