@@ -252,6 +252,12 @@ def test_a_device_without_a_package_index_installs_from_a_wheelhouse(server, tin
 def test_device_flags_without_on_and_bad_devices_are_one_line_errors(tiny_export, capsys):
     assert main(["bench", str(tiny_export), "--keep-remote"]) == 2
     assert "--keep-remote only apply with --on" in capsys.readouterr().err
+    for flags, problem in ((["--remote-python", "python3; rm -rf ~"], "--remote-python 'python3; rm -rf ~'"),
+                           (["--wheelhouse", "/no/such/folder"], "--wheelhouse /no/such/folder: no such folder"),
+                           (["--ssh-config", "/no/such/file"], "--ssh-config /no/such/file: no such file")):
+        assert main(["bench", str(tiny_export), "--on", "ssh://board", *flags]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and err.count("\n") == 1 and "packed" not in err  # refused before any work
     for bad in ("ssh://-oProxyCommand=x", "pi=ssh://host:70000", "http://host", "a b=ssh://host", "ssh://us er@h"):
         with pytest.raises(SystemExit) as exit_:
             main(["bench", str(tiny_export), "--on", bad])

@@ -51,7 +51,7 @@ _MODEL_ONLY = ("compare", "batch", "seq", "inputs", "warmup", "iterations", "min
 
 
 def run(args: argparse.Namespace) -> int:
-    devices.check_local(args)
+    devices.check(args)
     if args.op_table is not None:
         return _op_table(args)
     if args.folder is None:

@@ -50,11 +50,13 @@ def _device(text: str) -> Device:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def check_local(args: argparse.Namespace) -> None:
-    """Device-only flags without --on are a mistake, not a no-op."""
+def check(args: argparse.Namespace) -> None:
+    """Before any work: device-only flags without --on are a mistake, not a no-op; with --on, the SSH settings."""
     given = [f"--{dest.replace('_', '-')}" for dest, default in _DEVICE_ONLY.items() if getattr(args, dest) != default]
     if given and not args.on:
         raise EdgefoldError(f"{', '.join(given)} only apply with --on ssh://...")
+    if args.on:
+        settings(args)
 
 
 def settings(args: argparse.Namespace) -> SshSettings:
@@ -82,7 +84,7 @@ def forwarded(args: argparse.Namespace, parser_actions: list[argparse.Action], d
         if value == action.default or value is None:
             continue
         flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(value, bool):  # a store_true flag, set
             argv.append(flag)
         elif isinstance(value, list):  # repeatable (append)
             argv += [part for item in value for part in (flag, str(item))]
@@ -96,24 +98,9 @@ def forwarded(args: argparse.Namespace, parser_actions: list[argparse.Action], d
 def run(args: argparse.Namespace, job: RemoteJob, result_name: str) -> list[DeviceOutcome]:
     """Run ``job`` on ``args.on``; write each device's result as ``<result_name>@<device>.json`` in the output
     folder (checked, like every output, before any work) and say how each device did."""
-    folder = args.output or Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise EdgefoldError(f"-o {folder}: with --on, -o names a folder for the devices' results")
-    outputs = {device.name: folder / f"{result_name}@{device.name}.json" for device in args.on}
-    if not folder.exists():
-        check_writable_parent(folder)  # made once the devices are done
-    for path in outputs.values() if folder.exists() else ():
-        check_json_output(path, job_schema(job), args.overwrite)
-    if args.report:
-        report.check_output(args.report, args.overwrite)
+    outputs = _check_outputs(args, job, result_name)
     outcomes = run_on_devices(args.on, job, settings(args), keep=args.keep_remote)
-    folder.mkdir(exist_ok=True)
-    written = []
-    for outcome in outcomes:
-        if outcome.ok:
-            document = dict(outcome.result, device={"name": outcome.device.name, "address": outcome.device.address})
-            write_json(outputs[outcome.device.name], document)
-            written.append(outputs[outcome.device.name])
+    written = _write_results(outcomes, outputs)
     print()
     for outcome in outcomes:
         status = f"wrote {outputs[outcome.device.name]}" if outcome.ok else f"FAILED: {outcome.error}"
@@ -123,11 +110,36 @@ def run(args: argparse.Namespace, job: RemoteJob, result_name: str) -> list[Devi
     return outcomes
 
 
-def job_schema(job: RemoteJob) -> str:
+def _check_outputs(args: argparse.Namespace, job: RemoteJob, result_name: str) -> dict[str, Path]:
+    """Each device's result file, and the report folder: where they may be written, checked now."""
+    folder = args.output or Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise EdgefoldError(f"-o {folder}: with --on, -o names a folder for the devices' results")
+    outputs = {device.name: folder / f"{result_name}@{device.name}.json" for device in args.on}
+    if not folder.exists():
+        check_writable_parent(folder)  # made once the devices are done
     from ..bench import SCHEMA as BENCH
     from ..validate import SCHEMA as VALIDATE
 
-    return {"bench": BENCH, "validate": VALIDATE}[job.command]
+    schema = {"bench": BENCH, "validate": VALIDATE}[job.command]
+    for path in outputs.values() if folder.exists() else ():
+        check_json_output(path, schema, args.overwrite)
+    if args.report:
+        report.check_output(args.report, args.overwrite)
+    return outputs
+
+
+def _write_results(outcomes: list[DeviceOutcome], outputs: dict[str, Path]) -> list[Path]:
+    """What each device brought back, labelled with the device it came from."""
+    written = []
+    for outcome in outcomes:
+        if outcome.ok:
+            path = outputs[outcome.device.name]
+            path.parent.mkdir(exist_ok=True)
+            write_json(path, dict(outcome.result, device={"name": outcome.device.name,
+                                                          "address": outcome.device.address}))
+            written.append(path)
+    return written
 
 
 def exit_code(outcomes: list[DeviceOutcome]) -> int:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dataset import load_data
     from ..validate import SCHEMA, check_inputs, failures, validate
 
-    devices.check_local(args)
+    devices.check(args)
     if args.on:
         return _on_devices(args)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
