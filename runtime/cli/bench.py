@@ -80,11 +80,12 @@ def _on_devices(args: argparse.Namespace) -> int:
     folders = [args.folder] + ([args.compare] if args.compare else [])
     for folder in folders:
         ExportedFolder.open(folder)  # a folder that is no export is refused before any device is reached
+    outputs = devices.check_outputs(args, f"bench-{Path(args.folder).resolve().name}")
     names = devices.device_names(folders)
     arguments = [names[0], *(["--compare", names[1]] if args.compare else []),
                  *devices.forwarded(args, args.actions, _FORWARDED)]
     job = RemoteJob("bench", arguments, bundles=dict(zip(names, map(Path, folders))), wheelhouse=args.wheelhouse)
-    return devices.exit_code(devices.run(args, job, f"bench-{Path(args.folder).resolve().name}"))
+    return devices.exit_code(devices.run(args, job, outputs))
 
 
 _FORWARDED = ("threads", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",

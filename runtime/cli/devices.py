@@ -95,10 +95,9 @@ def forwarded(args: argparse.Namespace, parser_actions: list[argparse.Action], d
     return argv
 
 
-def run(args: argparse.Namespace, job: RemoteJob, result_name: str) -> list[DeviceOutcome]:
-    """Run ``job`` on ``args.on``; write each device's result as ``<result_name>@<device>.json`` in the output
-    folder (checked, like every output, before any work) and say how each device did."""
-    outputs = _check_outputs(args, job, result_name)
+def run(args: argparse.Namespace, job: RemoteJob, outputs: dict[str, Path]) -> list[DeviceOutcome]:
+    """Run ``job`` on ``args.on``; write each device's result to its file of ``outputs`` (from
+    :func:`check_outputs`) and say how each device did."""
     outcomes = run_on_devices(args.on, job, settings(args), keep=args.keep_remote)
     written = _write_results(outcomes, outputs)
     print()
@@ -110,20 +109,22 @@ def run(args: argparse.Namespace, job: RemoteJob, result_name: str) -> list[Devi
     return outcomes
 
 
-def _check_outputs(args: argparse.Namespace, job: RemoteJob, result_name: str) -> dict[str, Path]:
-    """Each device's result file, and the report folder: where they may be written, checked now."""
+def check_outputs(args: argparse.Namespace, result_name: str) -> dict[str, Path]:
+    """Each device's result file (``<result_name>@<device>.json`` in the -o folder) and the report folder: where
+    they may be written, checked before any work."""
     folder = args.output or Path(".")
     if folder.exists() and not folder.is_dir():
         raise EdgefoldError(f"-o {folder}: with --on, -o names a folder for the devices' results")
     outputs = {device.name: folder / f"{result_name}@{device.name}.json" for device in args.on}
-    if not folder.exists():
-        check_writable_parent(folder)  # made once the devices are done
     from ..bench import SCHEMA as BENCH
     from ..validate import SCHEMA as VALIDATE
 
-    schema = {"bench": BENCH, "validate": VALIDATE}[job.command]
-    for path in outputs.values() if folder.exists() else ():
-        check_json_output(path, schema, args.overwrite)
+    schema = {"bench": BENCH, "validate": VALIDATE}[args.command]
+    if folder.exists():
+        for path in outputs.values():
+            check_json_output(path, schema, args.overwrite)
+    else:
+        check_writable_parent(folder)  # made once the devices are done
     if args.report:
         report.check_output(args.report, args.overwrite)
     return outputs

@@ -43,17 +43,14 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset import load_data
-    from ..validate import SCHEMA, check_inputs, failures, validate
+    from ..validate import SCHEMA, failures, validate
 
     devices.check(args)
     if args.on:
         return _on_devices(args)
     output = args.output or Path(f"validate-{Path(args.candidate).resolve().name}.json")
     check_json_output(output, SCHEMA, args.overwrite)
-    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
-    data = data.first(args.limit) if args.limit else data
-    check_inputs(args.candidate, data, args.gate, args.gates)  # before a reference is exported for it
+    data = _checked_data(args)
     with _reference_folder(args.reference) as reference:
         report = validate(args.candidate, reference, data, args.gate, args.gates)
     write_json(output, report)
@@ -72,12 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _on_devices(args: argparse.Namespace) -> int:
     """The same check on each device: the candidate and reference go over packed, with the data and gate files."""
-    from ..dataset import load_data
     from ..remote import RemoteJob
-    from ..validate import check_inputs
 
-    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
-    check_inputs(args.candidate, data.first(args.limit) if args.limit else data, args.gate, args.gates)
+    outputs = devices.check_outputs(args, f"validate-{Path(args.candidate).resolve().name}")
+    _checked_data(args)
     files = {f"data{Path(args.data).suffix.lower()}": Path(args.data)} if args.data else {}
     files.update({"gates.json": Path(args.gates)} if args.gates else {})
     with _reference_folder(args.reference) as reference:
@@ -88,11 +83,23 @@ def _on_devices(args: argparse.Namespace) -> int:
                      *(["--gates", "gates.json"] if args.gates else [])]
         job = RemoteJob("validate", arguments, bundles=dict(zip(names, (Path(args.candidate), Path(reference)))),
                         files=files, wheelhouse=args.wheelhouse, accept=(0, 1))
-        outcomes = devices.run(args, job, f"validate-{Path(args.candidate).resolve().name}")
+        outcomes = devices.run(args, job, outputs)
     failed_gates = [o.device.name for o in outcomes if o.ok and not o.result.get("passed")]
     if failed_gates:
         print(f"FAIL: a gate failed on {', '.join(failed_gates)}", file=sys.stderr)
     return devices.exit_code(outcomes) or (1 if failed_gates else 0)
+
+
+def _checked_data(args: argparse.Namespace):
+    """The items to validate on, with the candidate, gates and columns checked against them: before a reference
+    is exported for it, and before any device is reached."""
+    from ..dataset import load_data
+    from ..validate import check_inputs
+
+    data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
+    data = data.first(args.limit) if args.limit else data
+    check_inputs(args.candidate, data, args.gate, args.gates)
+    return data
 
 
 _FORWARDED = ("limit", "text_column", "label_column", "query_column", "positive_column", "gate")

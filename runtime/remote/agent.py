@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 
 _RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,199})?$")
@@ -102,22 +101,17 @@ def run(root, request):
     command, and return its JSON result."""
     folder = _run_folder(root, request["run"])
     _watch_host()
-    seconds = {}
-    start = time.monotonic()
-    python, reused = _runtime(root, folder, request)
-    seconds["install"] = time.monotonic() - start
+    python = _runtime(root, folder, request)
     for bundle, name in sorted(request["bundles"].items()):
         _edgefold(python, folder, ["unpack", _checked_name(bundle), _checked_name(name)], "unpack " + bundle)
-    start = time.monotonic()
     _progress("running edgefold " + request["command"][0])
-    code = _edgefold(python, folder, request["command"], "edgefold " + request["command"][0],
-                     accept=request.get("accept", [0]))
-    seconds["command"] = time.monotonic() - start
+    _edgefold(python, folder, request["command"], "edgefold " + request["command"][0],
+              accept=request.get("accept", [0]))
     result = os.path.join(folder, _checked_name(request["result"]))
     if not os.path.isfile(result):
         raise Refused("edgefold {} wrote no result on the device".format(request["command"][0]))
     with open(result, encoding="utf-8") as handle:
-        return {"exit": code, "result": json.load(handle), "runtime_reused": reused, "seconds": seconds}
+        return {"result": json.load(handle)}
 
 
 def remove(root, request):
@@ -144,7 +138,7 @@ def _runtime(root, folder, request):
     if os.path.isfile(ready):
         os.utime(ready)  # when it was last used: what _prune_runtimes keeps by
         _progress("runtime: reusing " + venv)
-        return python, True
+        return python
     _progress("runtime: installing into " + venv)
     _extract_installer(os.path.join(folder, _checked_name(request["installer"])), folder)
     staging = venv + ".partial-" + request["run"]
@@ -162,7 +156,7 @@ def _runtime(root, folder, request):
     except OSError:  # another run finished the same runtime first: use that one
         shutil.rmtree(staging, ignore_errors=True)
     _prune_runtimes(venv)
-    return python, False
+    return python
 
 
 def _prune_runtimes(current, keep=KEEP_RUNTIMES):

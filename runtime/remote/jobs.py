@@ -49,10 +49,8 @@ class RemoteJob:
 class DeviceOutcome:
     device: Device
     result: dict | None = None
-    exit: int | None = None
     error: str | None = None
     seconds: float = 0.0
-    kept: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -148,24 +146,24 @@ class _Runner:
         start = time.monotonic()
         outcome = DeviceOutcome(device)
         run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
-        sent = False
+        started = False
         try:
             probe = self._probe(device)
-            sent = True  # from here on a run folder may exist on the device
+            started = True  # from here on a run folder may exist on the device
             self._send(device, run_id, probe)
             reply = self._agent(device, {"op": "run", "run": run_id, "venv_key": self.key,
                                          "installer": self.installer, "wheelhouse": self.job.wheelhouse is not None,
                                          "bundles": {f"{n}.tar.gz": n for n in self.job.bundles},
                                          "command": [self.job.command, *self.job.arguments, "-o", RESULT],
                                          "result": RESULT, "accept": list(self.job.accept)})
-            outcome.result, outcome.exit = reply["result"], reply["exit"]
+            outcome.result = reply["result"]
         except DeviceError as error:
             outcome.error = str(error)
         except (KeyError, TypeError, ValueError) as error:  # a reply this edgefold cannot read: that device's alone
             outcome.error = f"unexpected reply from the device's agent ({type(error).__name__}: {error})"
         finally:
-            if sent:
-                outcome.kept = self._finish(device, run_id, outcome)
+            if started:
+                self._finish(device, run_id)
             outcome.seconds = time.monotonic() - start
         self.say(f"{device.name}: " + (f"done in {outcome.seconds:.0f} s" if outcome.ok else f"FAILED: {outcome.error}"))
         return outcome
@@ -207,17 +205,15 @@ class _Runner:
                         shown = sent * 4 // total
                         self.say(f"{device.name}: sent {sent / 1e6:.0f} of {total / 1e6:.0f} MB")
 
-    def _finish(self, device: Device, run_id: str, outcome: DeviceOutcome) -> str | None:
+    def _finish(self, device: Device, run_id: str) -> None:
         """Remove the run folder (or say where it was kept); a failed removal is reported, never fatal."""
         if self.keep:
-            folder = f"{self.settings.remote_dir}/runs/{run_id}"
-            self.say(f"{device.name}: kept {folder}")
-            return folder
+            self.say(f"{device.name}: kept {self.settings.remote_dir}/runs/{run_id}")
+            return
         try:
             self._agent(device, {"op": "remove", "run": run_id}, stoppable=False)
         except DeviceError as error:
             self.say(f"{device.name}: could not remove its run folder ({error})")
-        return None
 
     def _agent(self, device: Device, request: dict, *, stdin=None, stoppable: bool = True) -> dict:
         if stoppable and self._stopped.is_set():
