@@ -9,7 +9,7 @@
     search_export("path/to/model", "out", SearchConfig(objective="size", gates=("mean_cosine>=0.95",)))
 """
 
-from edgefold.exporter.compress import ModuleRecord, compress_
+from edgefold.exporter.compress import compress_
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.methods import (
@@ -21,6 +21,7 @@ from edgefold.exporter.methods import (
 )
 from edgefold.exporter.pipeline import DEFAULT_PARITY_ATOL, export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
+from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.search import SearchConfig, export_gated, search_export
 
 __all__ = ["DEFAULT_PARITY_ATOL", "METHODS", "AutoencoderOptions", "CompressionConfig", "CrossLayerOptions",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import FitContext, GroupMethod, LowRankFactors, Method, TruncatedSVD
 from edgefold.exporter.methods.frequency import fit_frequency_aware
+from edgefold.exporter.methods.structured import StructuredMethod
 from edgefold.exporter.nn.swap import (
     dense_weight,
     retie_head,
@@ -30,6 +30,7 @@ from edgefold.exporter.planning.sensitivity import (
     allocate,
     measure,
 )
+from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import (
     EMBEDDINGS,
     ArchitectureSpec,
@@ -38,31 +39,6 @@ from edgefold.exporter.source.architectures import (
 from edgefold.runtime import EdgefoldError
 
 FP32_BYTES = 4
-
-
-@dataclass
-class ModuleRecord:
-    """One targeted module: its weight shape (rows x cols, rows = tokens or output units) and what it became.
-
-    Parameter counts are of the weight matrix and what replaces it (factors, decoder bias, kept norms, exact
-    rows and their lookup); the Linear biases are kept as they are and not counted.
-    """
-
-    name: str
-    kinds: tuple[str, ...]
-    shape: tuple[int, int]
-    rank: int | None
-    params_before: int
-    params_after: int
-    status: str  # "factorised", "storage" (decoded at load: bytes only), or "dense" with the reason in note
-    note: str = ""
-    fit: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """JSON-ready: the same values the manifest file holds (lists, not tuples)."""
-        record = asdict(self)
-        record.update(kinds=list(self.kinds), shape=list(self.shape))
-        return record
 
 
 def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -91,6 +67,10 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
         method.check_module(kinds[0], tied=tied_head(model, module) is not None)
     if isinstance(method, GroupMethod):
         return _compress_groups(model, spec, config, method, selected, progress)
+    if isinstance(method, StructuredMethod):
+        from edgefold.exporter.prune import prune_  # it builds on this module's records and statistics
+
+        return prune_(model, spec, config, method, selected, tokenizer, calibration, progress)
     fitting = _Fitting(model, config, method, tokenizer, calibration, progress, fitted or {})
     fitting.collect_statistics(selected, spec)
     if config.allocation == "sensitivity":

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from edgefold.exporter.methods import (
+    NO_COMPRESSION,
     GroupMethod,
     Method,
     MethodOptions,
@@ -36,6 +37,10 @@ class CompressionConfig:
     the fp32 bytes of the whole model's weights) a budget for all targeted weights together, with ranks
     allocated per module by measured fidelity loss (see ``planning.sensitivity``).
 
+    ``bias_correction``: after a Linear is compressed, set its bias to ``b + W E[x] - W' E[x^]`` (x^ the input
+    the compressed model gives it: the original input unless the fit is sequential), which removes the mean
+    error of its output on calibration text.
+
     ``plan``: exactly this per-module :class:`Plan` (what a search chose, or ``--plan FILE``): Linears factorised
     at its ranks with whitened SVD, the word embeddings frequency-aware at its ratio; method, targets, ratio and
     allocation follow from it.
@@ -52,6 +57,7 @@ class CompressionConfig:
     allocation: str = "uniform"
     size_budget: int | None = None
     plan: Plan | None = None
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.plan is not None:
@@ -71,6 +77,11 @@ class CompressionConfig:
             if not isinstance(self.calibration, (str, os.PathLike)):
                 raise EdgefoldError(f"calibration must be a file path (got {self.calibration!r})")
             object.__setattr__(self, "calibration", os.fspath(self.calibration))
+        if not isinstance(self.bias_correction, bool):
+            raise EdgefoldError(f"bias_correction must be True or False (got {self.bias_correction!r})")
+        if self.bias_correction and (self.method == NO_COMPRESSION or self.plan is not None):
+            raise EdgefoldError("--bias-correction corrects the Linears a method compresses: give a method other "
+                                "than none, and no plan")
         self.build_method()  # refuses an unknown method or option now, before any work
         self._check_allocation()
 
@@ -131,7 +142,7 @@ class CompressionConfig:
             return bool(self.plan.factorised)
         method = self.build_method()
         return (self.uses_frequency or self.method == "ae" or bool(method and method.needs)
-                or self.allocation == "sensitivity")
+                or self.allocation == "sensitivity" or self.bias_correction)
 
 
 def _is_int(value: object) -> bool:

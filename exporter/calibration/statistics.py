@@ -5,6 +5,8 @@ Data-aware methods declare what they need (``Method.needs``) and receive it per 
 - ``input_moments``: the second moment of each targeted Linear's input, ``E[x x^T]`` (cols x cols, float64),
   token-weighted, padding excluded. ``||(W - W') x||^2`` averaged over calibration tokens is
   ``tr((W - W') M (W - W')^T)``: the error of the layer's OUTPUT, which whitened SVD minimises.
+- ``input_mean``: ``E[x]`` (cols, float64), the same tokens: the mean output error ``(W - W') E[x]`` that bias
+  correction removes, and the intercept of a least-squares repair.
 - ``row_importance``: per output unit, the summed squared gradients of its weights (FWSVD's Fisher
   information, one number per row). The loss is the model's own next-token loss where it has one (a causal LM);
   otherwise a Gaussian-output Fisher: the gradient of ``<output, g>`` with ``g ~ N(0, I)`` drawn per output
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
-from edgefold.exporter.methods.base import INPUT_MOMENTS, ROW_IMPORTANCE
+from edgefold.exporter.methods.base import INPUT_MEAN, INPUT_MOMENTS, ROW_IMPORTANCE
 from edgefold.exporter.onnx.export import task_of_model
 
 _BATCH = 32
@@ -39,9 +41,9 @@ def collect_statistics(model: PreTrainedModel, modules: dict[str, tuple[nn.Modul
     """``{module name: {need: tensor}}`` for ``modules`` (name -> (module, stored transposed as GPT-2's Conv1D))."""
     batches = tokenize(tokenizer, texts, max_text_length(model), batch_size=_BATCH)
     statistics: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
-    if INPUT_MOMENTS in needs:
-        for name, moments in input_moments(model, modules, batches, progress).items():
-            statistics[name][INPUT_MOMENTS] = moments
+    if needs & {INPUT_MOMENTS, INPUT_MEAN}:
+        for name, (moments, mean) in input_moments(model, modules, batches, progress).items():
+            statistics[name].update({INPUT_MOMENTS: moments, INPUT_MEAN: mean})
     if ROW_IMPORTANCE in needs:
         for name, importance in row_importance(model, modules, batches, seed, progress).items():
             statistics[name][ROW_IMPORTANCE] = importance
@@ -50,16 +52,16 @@ def collect_statistics(model: PreTrainedModel, modules: dict[str, tuple[nn.Modul
 
 @torch.no_grad()
 def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],
-                  progress: bool) -> dict[str, torch.Tensor]:
-    """``E[x x^T]`` of each module's input over the real tokens of ``batches`` (float64)."""
-    sums = {name: None for name in modules}
+                  progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``(E[x x^T], E[x])`` of each module's input over the real tokens of ``batches`` (float64)."""
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {name: None for name in modules}
     mask: torch.Tensor | None = None
 
     def hook(name: str):
         def accumulate(_module, inputs) -> None:
             x = inputs[0][mask].double()  # real tokens only, (tokens, cols)
-            product = x.T @ x
-            sums[name] = product if sums[name] is None else sums[name] + product
+            product, total = x.T @ x, x.sum(dim=0)
+            sums[name] = (product, total) if sums[name] is None else (sums[name][0] + product, sums[name][1] + total)
         return accumulate
 
     tokens = 0
@@ -68,7 +70,7 @@ def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bo
             mask = torch.from_numpy(batch.attention_mask).bool()
             model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
             tokens += int(mask.sum())
-    return {name: total / tokens for name, total in sums.items()}
+    return {name: (product / tokens, total / tokens) for name, (product, total) in sums.items()}
 
 
 def row_importance(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],

@@ -7,10 +7,10 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from edgefold.exporter.compress import ModuleRecord
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import NO_COMPRESSION
 from edgefold.exporter.planning.plan import Plan
+from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import ALL_KINDS
 from edgefold.exporter.source.loading import SourceModel
 from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
@@ -57,6 +57,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "size_budget": config.size_budget,
         "frequency_aware": config.uses_frequency,
         "method_options": config.method_options,
+        "bias_correction": config.bias_correction,
         # per module: kept or factorised, and at which precision; `edgefold export --plan edgefold.json` replays it
         "plan": config.plan.as_dict() if config.plan else None,
         "calibration": calibration,

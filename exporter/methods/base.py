@@ -18,7 +18,11 @@ from edgefold.runtime import EdgefoldError
 
 #: Calibration statistics a method may need (collected by ``calibration.statistics``, passed in ``FitContext``).
 INPUT_MOMENTS = "input_moments"
+INPUT_MEAN = "input_mean"
 ROW_IMPORTANCE = "row_importance"
+#: Statistics of the original model's input against the compressed model's (the sequential, anchored fit).
+ANCHOR_MOMENTS = "anchor_moments"
+ANCHOR_MEAN = "anchor_mean"
 
 
 @dataclass
@@ -105,7 +109,10 @@ class FitContext:
 
     row_weights: torch.Tensor | None = None
     input_moments: torch.Tensor | None = None
+    input_mean: torch.Tensor | None = None
     row_importance: torch.Tensor | None = None
+    anchor_moments: torch.Tensor | None = None
+    anchor_mean: torch.Tensor | None = None
     score: Callable[[LowRankFactors], float] | None = None
     kind: str = "embeddings"
     seed: int = 0

@@ -74,6 +74,9 @@ def add_parser(commands) -> None:
                         help="a method setting, repeatable (ae: epochs, batch_size, lr, cosine_weight, "
                              "power_l1_weight, rmse_weight, alpha_start, alpha_end, anneal_epochs, activation, "
                              "svd_init, preserve_norms, whitened, ...; see README)")
+    recipe.add_argument("--bias-correction", action="store_true", default=None,
+                        help="after compressing each Linear, correct its bias so that the mean of its output on "
+                             "calibration text is unchanged")
     recipe.add_argument("--quantize", choices=("none", "int8", "int4"), default=None,
                         help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
                              "MatMulNBits (default: none)")
@@ -101,7 +104,7 @@ def add_parser(commands) -> None:
 
 #: Flags that spell out a recipe: any of them and edgefold exports that recipe instead of searching for one.
 RECIPE_FLAGS = ("method", "targets", "ratio", "size_budget", "allocation", "frequency", "calibration",
-                "method_option", "quantize", "per_channel", "quantize_for")
+                "method_option", "bias_correction", "quantize", "per_channel", "quantize_for")
 SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates")
 
 
@@ -166,7 +169,8 @@ def _recipe(args: argparse.Namespace, exporter) -> tuple:
         method=method, targets=given("targets", "embeddings,attention,ffn"), ratio=given("ratio", 2.0),
         seed=args.seed, frequency=args.frequency, calibration=args.calibration,
         options=exporter.parse_method_options(method, dict(given("method_option", []))),
-        allocation=given("allocation", "uniform"), size_budget=args.size_budget)
+        allocation=given("allocation", "uniform"), size_budget=args.size_budget,
+        bias_correction=bool(args.bias_correction))
     graph = exporter.GraphConfig(optimize=given("optimize", "auto"), quantize=given("quantize", "none"),
                                  per_channel=bool(args.per_channel), target=given("quantize_for", "generic"),
                                  formats=_formats(args))
