@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import torch
@@ -9,11 +10,19 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from edgefold.exporter.bias import correct_bias_
+from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
 from edgefold.exporter.calibration.corpus import Calibration
-from edgefold.exporter.calibration.statistics import collect_statistics
+from edgefold.exporter.calibration.statistics import (
+    STATISTICS_BATCH,
+    anchored_statistics,
+    collect_statistics,
+    forward_stages,
+)
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import FitContext, GroupMethod, LowRankFactors, Method, TruncatedSVD
+from edgefold.exporter.methods.base import INPUT_MEAN
 from edgefold.exporter.methods.frequency import fit_frequency_aware
 from edgefold.exporter.methods.structured import StructuredMethod
 from edgefold.exporter.nn.swap import (
@@ -50,7 +59,18 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     ``calibration`` or, when None, loaded from ``config.calibration``. ``fitted``: factors already fitted for
     some modules of a plan (a search fits each once, then exports many plans), used as they are. Returns one
     record per targeted module, including those left dense because a factorisation would save nothing.
+    ``config.then`` compresses other targets afterwards, on the model compressed so far.
     """
+    records = []
+    while config is not None:
+        records += _compress_stage(model, config, tokenizer, calibration, progress, fitted)
+        config = config.then
+    return records
+
+
+def _compress_stage(model: nn.Module, config: CompressionConfig, tokenizer: PreTrainedTokenizerBase | None,
+                    calibration: Calibration | None, progress: bool,
+                    fitted: Mapping[str, LowRankFactors] | None) -> list[ModuleRecord]:
     spec = spec_for(model.config.model_type)
     method = config.build_method()
     if method is None:  # --method none
@@ -66,7 +86,8 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     for _, module, kinds in selected:
         method.check_module(kinds[0], tied=tied_head(model, module) is not None)
     if isinstance(method, GroupMethod):
-        return _compress_groups(model, spec, config, method, selected, progress)
+        means = _input_means(model, spec, config, selected, tokenizer, calibration, progress)
+        return _compress_groups(model, spec, config, method, selected, means, progress)
     if isinstance(method, StructuredMethod):
         from edgefold.exporter.prune import prune_  # it builds on this module's records and statistics
 
@@ -75,12 +96,17 @@ def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrained
     fitting.collect_statistics(selected, spec)
     if config.allocation == "sensitivity":
         fitting.allocate_ranks(selected, spec)
-    records = []
-    for name, module, kinds in tqdm(selected, desc=f"{method.name} fit", unit="module", disable=not progress):
-        records.append(fitting.compress_module(name, module, kinds, dense_weight(module, spec, kinds)))
-        if kinds == (EMBEDDINGS,) and records[-1].status == "factorised":
-            retie_head(model, module, model.get_submodule(name))
-    return records
+    records = {}
+    bar = tqdm(total=len(selected), desc=f"{method.name} fit", unit="module", disable=not progress)
+    for stage in fitting.stages(selected):
+        fitting.measure_stage(stage)
+        for name, module, kinds in stage:
+            records[name] = fitting.compress_module(name, module, kinds, dense_weight(module, spec, kinds))
+            if kinds == (EMBEDDINGS,) and records[name].status == "factorised":
+                retie_head(model, module, model.get_submodule(name))
+            bar.update()
+    bar.close()
+    return [records[name] for name, _, _ in selected]
 
 
 class _Fitting:
@@ -101,6 +127,9 @@ class _Fitting:
             self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
         self.statistics: dict[str, dict[str, torch.Tensor]] = {}
         self.sensitivities: dict[str, Sensitivity] = {}
+        # A sequential fit measures each stage against the original model, so keep it before anything is swapped.
+        self.original = copy.deepcopy(model) if method.sequential else None
+        self._fit_batches: list[TextBatch] | None = None
 
     def collect_statistics(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
         """What the method needs of the Linears' activations, on the original model (before any swap) and the
@@ -108,9 +137,36 @@ class _Fitting:
         linears = {name: (module, spec.transposed) for name, module, kinds in selected
                    if kinds != (EMBEDDINGS,) and name not in self.fitted
                    and (self.allocated is None or self.allocated.get(name) is not None)}
-        if self.method.needs and linears:
-            self.statistics = collect_statistics(self.model, linears, self.method.needs, self.calibration.fit_texts,
+        needs = self.method.needs | ({INPUT_MEAN} if self.config.bias_correction else set())
+        if self.method.sequential and self.config.allocation != "sensitivity":
+            return  # every stage is measured when it is fitted (measure_stage); only an allocation needs it now
+        if needs and linears:
+            self.statistics = collect_statistics(self.model, linears, needs, self.calibration.fit_texts,
                                                  self.tokenizer, self.config.seed, self.progress)
+
+    def stages(self, selected: list[tuple[str, nn.Module, tuple]]) -> list[list[tuple[str, nn.Module, tuple]]]:
+        """The order of the fit: module by module; for a sequential fit the embeddings first, then the Linears in
+        the order the model runs them, those reading one input together."""
+        if not self.method.sequential:
+            return [[entry] for entry in selected]
+        by_name = {name: (name, module, kinds) for name, module, kinds in selected}
+        linears = {name: (module, False) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+        first = self._batches()[0]
+        return ([[entry] for entry in selected if entry[2] == (EMBEDDINGS,)]
+                + [[by_name[name] for name in stage] for stage in forward_stages(self.model, linears, first)])
+
+    def measure_stage(self, stage: list[tuple[str, nn.Module, tuple]]) -> None:
+        """Sequential fit: the inputs of a stage of Linears in the model compressed so far, anchored to the
+        original model's."""
+        if self.original is not None and stage[0][2] != (EMBEDDINGS,):
+            names = [name for name, _, _ in stage]
+            self.statistics.update(anchored_statistics(self.original, self.model, names, self._batches()))
+
+    def _batches(self) -> list[TextBatch]:
+        if self._fit_batches is None:
+            self._fit_batches = tokenize(self.tokenizer, self.calibration.fit_texts, max_text_length(self.model),
+                                         batch_size=STATISTICS_BATCH)
+        return self._fit_batches
 
     def _all_fitted(self) -> bool:
         plan = self.config.plan
@@ -166,6 +222,8 @@ class _Fitting:
         replacement = swap(self.model, name, kinds[0], factors)
         if kinds != (EMBEDDINGS,):
             factors = factors.folded()  # as the Linear stores them
+            if self.config.bias_correction:
+                record.fit["bias_shift"] = correct_bias_(replacement, weight, context.input_mean, context.anchor_mean)
         record.rank, record.params_after, record.status = replacement.rank, factors.num_params, "factorised"
         record.fit.update(context.details)
         return record
@@ -191,10 +249,25 @@ class _Fitting:
         return self.allocated[name]
 
 
+def _input_means(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, selected: list, tokenizer,
+                 calibration: Calibration | None, progress: bool) -> dict[str, torch.Tensor]:
+    """E[x] of the targeted Linears' inputs where their biases are to be corrected (else nothing)."""
+    linears = {name: (module, spec.transposed) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
+    if not (config.bias_correction and linears):
+        return {}
+    if tokenizer is None:
+        raise EdgefoldError("bias correction uses calibration text: give compress_ a tokenizer")
+    calibration = calibration or Calibration.load(config.calibration)
+    statistics = collect_statistics(model, linears, frozenset({INPUT_MEAN}), calibration.fit_texts, tokenizer,
+                                    config.seed, progress)
+    return {name: values[INPUT_MEAN] for name, values in statistics.items()}
+
+
 def _compress_groups(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: GroupMethod,
-                     selected: list, progress: bool) -> list[ModuleRecord]:
+                     selected: list, means: dict[str, torch.Tensor], progress: bool) -> list[ModuleRecord]:
     """The grouped branch: modules of one kind (and shape) in all layers are fitted together, the group keeping
-    at most 1/R of its parameters with everything stored counted (shared tensors once)."""
+    at most 1/R of its parameters with everything stored counted (shared tensors once). ``means``: the input
+    means of the Linears whose biases are corrected."""
     if config.frequency:
         raise EdgefoldError(f"method {method.name} fits groups of Linear weights and uses no token counts")
     groups: dict[tuple, list] = {}
@@ -208,7 +281,7 @@ def _compress_groups(model: nn.Module, spec: ArchitectureSpec, config: Compressi
         fitted = method.fit_group([weight for _, _, weight in members], config.ratio, context)
         group = {"group": "+".join(kinds), "group_members": len(members), "group_params_before":
                  len(members) * rows * cols, "group_params_after": sum(fitted.params) if fitted else None}
-        for i, (name, module, _) in enumerate(members):
+        for i, (name, module, weight) in enumerate(members):
             record = ModuleRecord(name, kinds, (rows, cols), None, rows * cols, rows * cols, "dense",
                                   fit={"budget_params": int(rows * cols / config.ratio), **group})
             records[name] = record
@@ -221,4 +294,6 @@ def _compress_groups(model: nn.Module, spec: ArchitectureSpec, config: Compressi
             record.fit.update(context.details)
             if kinds == (EMBEDDINGS,):
                 retie_head(model, module, replacement)
+            elif name in means:
+                record.fit["bias_shift"] = correct_bias_(replacement, weight, means[name])
     return [records[name] for name, _, _ in selected]

@@ -13,6 +13,7 @@ from edgefold.exporter.methods import (
     MethodOptions,
     get_method,
 )
+from edgefold.exporter.methods.structured import StructuredMethod
 from edgefold.exporter.planning.plan import LINEAR_METHOD, PLAN_RANK_MULTIPLE, Plan
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
@@ -41,6 +42,10 @@ class CompressionConfig:
     the compressed model gives it: the original input unless the fit is sequential), which removes the mean
     error of its output on calibration text.
 
+    ``then``: another config for other targets, applied afterwards to the model compressed so far (a mix, such
+    as FFN neurons pruned and the attention factorised; its statistics are of the partly compressed model).
+    Calibration text and seed are this config's.
+
     ``plan``: exactly this per-module :class:`Plan` (what a search chose, or ``--plan FILE``): Linears factorised
     at its ranks with whitened SVD, the word embeddings frequency-aware at its ratio; method, targets, ratio and
     allocation follow from it.
@@ -58,6 +63,7 @@ class CompressionConfig:
     size_budget: int | None = None
     plan: Plan | None = None
     bias_correction: bool = False
+    then: CompressionConfig | None = None
 
     def __post_init__(self) -> None:
         if self.plan is not None:
@@ -82,8 +88,36 @@ class CompressionConfig:
         if self.bias_correction and (self.method == NO_COMPRESSION or self.plan is not None):
             raise EdgefoldError("--bias-correction corrects the Linears a method compresses: give a method other "
                                 "than none, and no plan")
-        self.build_method()  # refuses an unknown method or option now, before any work
+        self._check_structured(self.build_method())  # refuses an unknown method or option now, before any work
         self._check_allocation()
+        self._check_then()
+
+    def _check_structured(self, method: Method | None) -> None:
+        """A structured method prunes its own blocks: other targets would be silently left as they are."""
+        if isinstance(method, StructuredMethod) and not self.targets <= set(method.block_kinds):
+            other = sorted(self.targets - set(method.block_kinds))
+            raise EdgefoldError(f"method {method.name} prunes {', '.join(method.block_kinds)} and nothing else: "
+                                f"target exactly those (--targets {method.targets_hint()}), not {', '.join(other)}")
+
+    def _check_then(self) -> None:
+        if self.then is None:
+            return
+        if not isinstance(self.then, CompressionConfig):
+            raise EdgefoldError(f"then must be a CompressionConfig (got {type(self.then).__name__})")
+        if self.plan is not None or self.then.plan is not None:
+            raise EdgefoldError("a plan names every module's compression: not with a second config")
+        overlap = self.targets & self.stages_targets(self.then)
+        if overlap:
+            raise EdgefoldError(f"the configs of a mix must target different modules; both target "
+                                f"{', '.join(sorted(overlap))}")
+
+    @staticmethod
+    def stages_targets(config: CompressionConfig | None) -> frozenset[str]:
+        """Every kind targeted by ``config`` and the configs after it."""
+        kinds: frozenset[str] = frozenset()
+        while config is not None:
+            kinds, config = kinds | config.targets, config.then
+        return kinds
 
     def _follow_plan(self) -> None:
         if not isinstance(self.plan, Plan):
@@ -142,7 +176,8 @@ class CompressionConfig:
             return bool(self.plan.factorised)
         method = self.build_method()
         return (self.uses_frequency or self.method == "ae" or bool(method and method.needs)
-                or self.allocation == "sensitivity" or self.bias_correction)
+                or self.allocation == "sensitivity" or self.bias_correction
+                or bool(self.then and self.then.needs_calibration))
 
 
 def _is_int(value: object) -> bool:

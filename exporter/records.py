@@ -19,7 +19,9 @@ class ModuleRecord:
     rank: int | None
     params_before: int
     params_after: int
-    status: str  # "factorised", "storage" (decoded at load: bytes only), or "dense" with the reason in note
+    # "factorised", "storage" (decoded at load: bytes only), "pruned" (narrower and dense: units removed, rank
+    # None, the units kept in fit), or "dense" with the reason in note
+    status: str
     note: str = ""
     fit: dict = field(default_factory=dict)
 

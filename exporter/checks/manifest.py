@@ -47,6 +47,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "method": config.method,
         # "factorised": low-rank factors replace the weights in the graph, fewer bytes AND fewer FLOPs.
         # "storage": the file holds a compressed form decoded to the dense weights at load: fewer bytes only.
+        # "structured": whole units (FFN neurons, heads) removed, the matrices narrower and dense: both too.
         "compression": "none" if config.method == NO_COMPRESSION else config.build_method().compression,
         "targets": [kind for kind in ALL_KINDS if kind in config.targets],
         "ratio": None if config.size_budget is not None else config.ratio,
@@ -67,6 +68,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
             "targeted_params_after": sum(r.params_after for r in records),
             "modules_factorised": statuses.count("factorised"),
             "modules_storage_compressed": statuses.count("storage"),
+            "modules_pruned": statuses.count("pruned"),
             "modules_left_dense": statuses.count("dense"),
             "model_params_before": model_params[0],
             "model_params_after": model_params[1],
@@ -99,12 +101,13 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 def format_summary(manifest: dict, output_dir: Path) -> str:
     """What was gained and what was lost, in a few lines."""
     t, par, fid = manifest["totals"], manifest["parity"], manifest["fidelity"]
-    storage = t.get("modules_storage_compressed")
+    storage, pruned = t.get("modules_storage_compressed"), t.get("modules_pruned")
     lines = [
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
         _plan_line(manifest) if manifest.get("plan") else
         f"  method {manifest['method']} {_budget(manifest)} on {', '.join(manifest['targets'])}: "
-        f"{t['modules_factorised']} module(s) factorised, "
+        + (f"{pruned} module(s) pruned (narrower dense matrices), " if pruned else
+           f"{t['modules_factorised']} module(s) factorised, ")
         + (f"{storage} storage-compressed (decoded when the session starts: a smaller file, dense weights in "
            "memory, no FLOP saving), " if storage else "")
         + f"{t['modules_left_dense']} left dense",
@@ -119,8 +122,8 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
     ]
     if manifest.get("allocation") == "sensitivity":
-        lines.append("  ranks allocated by sensitivity (module: rank, or dense):")
-        lines += [f"    {m['name']}: {m['rank'] or 'dense'}" for m in manifest["modules"]]
+        lines.append("  ranks allocated by sensitivity (module: rank, kept units, or dense):")
+        lines += [f"    {m['name']}: {_allocated(m)}" for m in manifest["modules"]]
     optimization = manifest.get("optimization")
     if optimization and optimization["mode"] != "none":
         kept = optimization["chosen"]
@@ -173,6 +176,13 @@ def _gate_lines(manifest: dict) -> list[str]:
                      f"{measured:.2f} ms{predicted}; the original {reference['latency_ms']:.2f} ms")
     lines.append("  every candidate verified: frontier.md and frontier.png in the folder")
     return lines
+
+
+def _allocated(module: dict) -> str:
+    fit = module["fit"]
+    if module["status"] == "pruned":
+        return f"{fit['units_kept']} of {fit['units']} {fit['unit']}s"
+    return str(module["rank"] or "dense")
 
 
 def _budget(manifest: dict) -> str:

@@ -63,8 +63,11 @@ class GraphConfig:
                   ("ort", "ort" in self.formats)]
         return [name for name, wanted in chosen if wanted]
 
-    def adapt(self, compression: CompressionConfig) -> CompressionConfig:
+    def adapt(self, compression: CompressionConfig | None) -> CompressionConfig | None:
         """int4 quantises blocks of 32 along a MatMul's inner dimension: ranks become multiples of 32."""
-        if self.quantize != "int4" or compression.rank_multiple % INT4_BLOCK_SIZE == 0:
+        if self.quantize != "int4" or compression is None:
             return compression
-        return replace(compression, rank_multiple=math.lcm(compression.rank_multiple, INT4_BLOCK_SIZE))
+        multiple, then = math.lcm(compression.rank_multiple, INT4_BLOCK_SIZE), self.adapt(compression.then)
+        if multiple == compression.rank_multiple and then is compression.then:
+            return compression
+        return replace(compression, rank_multiple=multiple, then=then)

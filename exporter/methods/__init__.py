@@ -24,14 +24,16 @@ from edgefold.exporter.methods.base import (
     RowDecoder,
 )
 from edgefold.exporter.methods.fisher import FisherWeightedSVD
+from edgefold.exporter.methods.prune_ffn import PruneFFN
+from edgefold.exporter.methods.prune_heads import PruneHeads
 from edgefold.exporter.methods.svd import TruncatedSVD
 from edgefold.exporter.methods.svd_shared import SharedBasisOptions, SharedBasisSVD
-from edgefold.exporter.methods.whitened import WhitenedSVD
+from edgefold.exporter.methods.whitened import WhitenedOptions, WhitenedSVD
 from edgefold.runtime import EdgefoldError
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     TruncatedSVD, WhitenedSVD, FisherWeightedSVD, DirectionAwareAutoencoder, SharedBasisSVD, CrossLayerAutoencoder,
-    SeparatedAutoencoder)}
+    SeparatedAutoencoder, PruneFFN, PruneHeads)}
 #: ``--method none`` exports the model unchanged: the reference for ``validate``, the baseline for ``bench``.
 NO_COMPRESSION = "none"
 
@@ -67,4 +69,5 @@ def _method_class(name: str) -> type[Method]:
 
 __all__ = ["METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
            "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "MethodOptions",
-           "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "get_method", "parse_method_options"]
+           "PruneFFN", "PruneHeads", "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "WhitenedOptions", "get_method",
+           "parse_method_options"]

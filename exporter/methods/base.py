@@ -263,6 +263,12 @@ class Method(ABC):
             raise EdgefoldError(f"method {self.name} takes {kind.__name__}, not {type(options).__name__}")
         self.options = kind() if kind is not None and options is None else options
 
+    @property
+    def sequential(self) -> bool:
+        """Whether each Linear is fitted to its input in the model compressed so far (``anchor_*`` statistics
+        in its context), the Linears compressed in the order the model runs them."""
+        return False
+
     def extra_params(self, rows: int, cols: int, kind: str) -> int:
         """Stored parameters beyond rank * (rows + cols) for a module of ``kind``; the budget planner subtracts
         them, so every method is compared at the same number of stored parameters."""

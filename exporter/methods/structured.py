@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgefold.exporter.methods.base import INPUT_MEAN, INPUT_MOMENTS, FitContext, LowRankFactors, Method
-from edgefold.exporter.source.architectures import ArchitectureSpec
+from edgefold.exporter.source.architectures import TARGET_GROUPS, ArchitectureSpec
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,26 @@ class StructuredMethod(Method):
     #: The kinds one block spans (all must be targeted together) and the kind of its reader.
     block_kinds: ClassVar[tuple[str, ...]]
     reader_kind: ClassVar[str]
+    #: What one unit is called in records and summaries ("neuron", "head").
+    unit_name: ClassVar[str] = "unit"
 
     def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
         raise TypeError(f"method {self.name} removes units of whole blocks: it is applied by exporter.prune")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, in one line and before any statistics are collected, a model whose pruned form cannot be
+        exported (raises EdgefoldError)."""
+
+    def same_units_every_layer(self, model: nn.Module) -> bool:
+        """Whether every layer of ``model`` must keep the same number of units (a config that holds one count
+        for all layers); then widths are uniform, never allocated per block."""
+        return False
+
+    @classmethod
+    def targets_hint(cls) -> str:
+        """The ``--targets`` value that names exactly the block's kinds (a group's name where one fits)."""
+        group = next((name for name, kinds in TARGET_GROUPS.items() if set(kinds) == set(cls.block_kinds)), None)
+        return group or ",".join(cls.block_kinds)
 
     @abstractmethod
     def unit_columns(self, model: nn.Module, spec: ArchitectureSpec, block: Block) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ Each module is compressed alone at a few ranks and the fidelity lost on validati
 from every module dense, the step that loses the least fidelity per parameter saved is taken, again and again,
 until the targeted weights fit the budget; no module goes below its floor. Sensitivities are measured one module
 at a time and summed, which assumes the losses add up; the export's fidelity check measures the real total.
+Structured pruning allocates the widths of its blocks the same way (a block's parameters counted per unit).
 """
 
 from __future__ import annotations
@@ -16,19 +17,27 @@ from edgefold.runtime import EdgefoldError
 
 #: Candidate ranks, as shares of the break-even rank rows*cols/(rows+cols) at which factors save nothing.
 RANK_SHARES = (0.125, 0.25, 0.5, 0.75)
+#: Candidate widths of a pruned block, as shares of its units: finer steps, since a block's parameters follow its
+#: width in exact proportion (no break-even) and a mild budget (R = 1.33) needs widths between 3/4 and all.
+WIDTH_SHARES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 #: Validation texts each measurement runs on: enough to rank modules, few enough for 4 measurements a module.
 SENSITIVITY_TEXTS = 32
 
 
 @dataclass
 class Sensitivity:
-    """One module's measured trade: fidelity lost at each candidate rank (ascending), dense costing nothing."""
+    """One module's measured trade: fidelity lost at each candidate rank (ascending), dense costing nothing.
+
+    ``per_rank``: the parameters one step of rank costs; None for factors, ``rows + cols``. A pruned block counts
+    in units instead: ``rows`` units of ``cols`` parameters each, ``ranks`` the widths kept, ``per_rank = cols``.
+    """
 
     name: str
     rows: int
     cols: int
     ranks: list[int]
     losses: list[float]
+    per_rank: int | None = None
 
     @property
     def dense_params(self) -> int:
@@ -36,7 +45,9 @@ class Sensitivity:
 
     def params(self, step: int) -> int:
         """Parameters at ``step``: an index into ``ranks``, or ``len(ranks)`` for dense."""
-        return self.dense_params if step == len(self.ranks) else self.ranks[step] * (self.rows + self.cols)
+        if step == len(self.ranks):
+            return self.dense_params
+        return self.ranks[step] * (self.rows + self.cols if self.per_rank is None else self.per_rank)
 
     def loss(self, step: int) -> float:
         return 0.0 if step == len(self.ranks) else self.losses[step]
@@ -47,6 +58,13 @@ def candidate_ranks(rows: int, cols: int, multiple: int) -> list[int]:
     break_even = rows * cols / (rows + cols)
     ranks = {max(multiple, int(share * break_even) // multiple * multiple) for share in RANK_SHARES}
     return sorted(r for r in ranks if r * (rows + cols) < rows * cols)
+
+
+def candidate_widths(units: int, multiple: int) -> list[int]:
+    """Widths worth measuring for a block of ``units``: multiples of ``multiple`` (at least one), fewer than
+    all, ascending, no repeats."""
+    widths = {max(multiple, int(share * units) // multiple * multiple) for share in WIDTH_SHARES}
+    return sorted(w for w in widths if w < units)
 
 
 def measure(name: str, rows: int, cols: int, multiple: int, loss_at: Callable[[int], float]) -> Sensitivity:

@@ -50,11 +50,12 @@ def add_parser(commands) -> None:
     recipe = export.add_argument_group("a recipe of your own (any of these turns the search off)")
     recipe.add_argument("--method", default=None,
                         help="svd, svd-whitened, svd-fisher (data-aware: calibration statistics), ae, "
-                             "svd-shared, ae-shared, ae-separated (cross-layer; see README), or none "
-                             "(export unchanged: a reference for validate)  (default: svd)")
+                             "svd-shared, ae-shared, ae-separated (cross-layer; see README), prune-ffn, "
+                             "prune-heads (structured: FFN neurons or attention heads removed), or none (export unchanged: a reference for "
+                             "validate)  (default: svd)")
     recipe.add_argument("--targets", default=None,
                         help="comma-separated: embeddings, attention, ffn, or finer: q, k, v, "
-                             "attention-output, ffn-in, ffn-out (default: all)")
+                             "attention-output, ffn-in, ffn-out (default: all; a structured method: its own)")
     recipe.add_argument("--ratio", type=flags.ratio, default=None,
                         help="compression factor R of the targeted weights: they keep 1/R of their parameters "
                              "(default: 2)")
@@ -165,8 +166,11 @@ def _recipe(args: argparse.Namespace, exporter) -> tuple:
         return default if value is None else value
 
     method = given("method", "svd")
+    # A structured method removes units of its own blocks (prune-ffn: FFN neurons): by default, exactly those.
+    structured = getattr(exporter.METHODS.get(method), "block_kinds", None)
     config = exporter.CompressionConfig(
-        method=method, targets=given("targets", "embeddings,attention,ffn"), ratio=given("ratio", 2.0),
+        method=method, targets=given("targets", ",".join(structured) if structured else "embeddings,attention,ffn"),
+        ratio=given("ratio", 2.0),
         seed=args.seed, frequency=args.frequency, calibration=args.calibration,
         options=exporter.parse_method_options(method, dict(given("method_option", []))),
         allocation=given("allocation", "uniform"), size_budget=args.size_budget,

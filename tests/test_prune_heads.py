@@ -1,0 +1,227 @@
+"""Attention-head pruning: units and shrinking against independent computations, the repair on real head
+columns against least squares, and real exports of every family (GPT-2 causal LMs refused)."""
+
+import onnx
+import pytest
+import torch
+import transformers
+from conftest import MINILM
+
+from edgefold.exporter import CompressionConfig, GraphConfig, compress_, export
+from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
+from edgefold.exporter.methods.prune_heads import PruneHeads
+from edgefold.exporter.methods.structured import Block
+from edgefold.exporter.nn.swap import dense_weight
+from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.prune import repair
+from edgefold.exporter.source.architectures import spec_for
+from edgefold.runtime import EdgefoldError
+from edgefold.runtime.texts import shipped_texts
+
+# The attention output projection of layer i, and the auto class that loads each tiny model.
+READERS = {
+    "bert-fill-mask": ("bert.encoder.layer.{}.attention.output.dense", transformers.AutoModelForMaskedLM),
+    "distilbert-text-classification": ("distilbert.transformer.layer.{}.attention.out_lin",
+                                       transformers.AutoModelForSequenceClassification),
+    "gpt2-text-generation": ("h.{}.attn.c_proj", transformers.AutoModel),  # as a causal LM it is refused
+    "llama-text-generation": ("model.layers.{}.self_attn.o_proj", transformers.AutoModelForCausalLM),
+}
+#: Units kept per layer by the shrink tests: per-layer counts where the config can record them, the same where
+#: it cannot (Llama's two units are its two key/value heads).
+KEPT = {"bert-fill-mask": [[1, 3], [0]], "distilbert-text-classification": [[0, 2, 3], [2]],
+        "gpt2-text-generation": [[0, 3], [1, 2]], "llama-text-generation": [[1], [0]]}
+
+
+def _load(kind, tiny_model):
+    folder = tiny_model(kind)
+    model = READERS[kind][1].from_pretrained(folder).eval()
+    return model, spec_for(model.config.model_type)
+
+
+def _block(kind, layer):
+    return Block(f"layer {layer}", (), READERS[kind][0].format(layer))
+
+
+def _tokens(seed=0, batch=4, length=24):
+    return torch.randint(1000, 2000, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _output(model, tokens):
+    with torch.no_grad():
+        output = model(input_ids=tokens)
+    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["bert-fill-mask", "distilbert-text-classification", "gpt2-text-generation"])
+def test_a_unit_is_one_head_and_owns_its_columns(kind, tiny_model):
+    model, spec = _load(kind, tiny_model)
+    units = PruneHeads().unit_columns(model, spec, _block(kind, 1))
+    assert [u.tolist() for u in units] == [list(range(16 * h, 16 * h + 16)) for h in range(4)]
+
+
+def test_with_grouped_query_attention_a_unit_is_a_key_value_head_and_its_query_heads(tiny_model):
+    model, spec = _load("llama-text-generation", tiny_model)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    units = PruneHeads().unit_columns(model, spec, _block("llama-text-generation", 0))
+    assert [u.tolist() for u in units] == [list(range(0, 32)), list(range(32, 64))]  # query heads 0-1, 2-3
+
+
+@pytest.mark.parametrize("kind", list(READERS))
+def test_shrinking_computes_what_zeroing_the_removed_heads_computes(kind, tiny_model):
+    """With the reader's own kept columns (nothing repaired) the narrower model equals the whole one whose
+    output projection ignores the removed heads."""
+    model, spec = _load(kind, tiny_model)
+    method, zeroed = PruneHeads(), _load(kind, tiny_model)[0]
+    for layer, kept in enumerate(KEPT[kind]):
+        block = _block(kind, layer)
+        units = method.unit_columns(model, spec, block)
+        reader = model.get_submodule(block.reader)
+        weight = dense_weight(reader, spec, ("attention-output",))
+        columns = torch.cat([units[u] for u in kept])
+        removed = torch.cat([units[u] for u in range(len(units)) if u not in kept])
+        with torch.no_grad():  # GPT-2's Conv1D stores (in x out): an input column is a row there
+            target = zeroed.get_submodule(block.reader).weight
+            if spec.transposed:
+                target[removed] = 0
+            else:
+                target[:, removed] = 0
+        method.shrink(model, spec, block, kept, weight[:, columns], reader.bias)
+        assert model.get_submodule(block.reader).weight.numel() == weight.shape[0] * len(columns)
+    tokens = _tokens()
+    torch.testing.assert_close(_output(model, tokens), _output(zeroed, tokens), rtol=1e-5, atol=1e-5)
+    assert model.config.pruned_heads == {0: _removed(kind, 0), 1: _removed(kind, 1)}
+
+
+def _removed(kind, layer):
+    group = 2 if kind == "llama-text-generation" else 1
+    return [h for h in range(4) if h // group not in KEPT[kind][layer]]
+
+
+@pytest.mark.parametrize("kind", ["bert-fill-mask", "distilbert-text-classification", "gpt2-text-generation"])
+def test_a_model_with_heads_removed_per_layer_reloads_from_its_saved_config(kind, tiny_model, tmp_path):
+    model, spec = _load(kind, tiny_model)
+    method = PruneHeads()
+    for layer, kept in enumerate(KEPT[kind]):
+        block = _block(kind, layer)
+        reader = model.get_submodule(block.reader)
+        columns = torch.cat([method.unit_columns(model, spec, block)[u] for u in kept])
+        weight = dense_weight(reader, spec, ("attention-output",))[:, columns] * 1.5  # any new weight
+        method.shrink(model, spec, block, kept, weight, torch.full_like(reader.bias, 0.25))
+    model.save_pretrained(tmp_path)
+    reloaded = READERS[kind][1].from_pretrained(tmp_path).eval()
+    tokens = _tokens(seed=1)
+    torch.testing.assert_close(_output(reloaded, tokens), _output(model, tokens))
+
+
+def test_a_llama_keeps_one_key_value_head_count_for_every_layer(tiny_model):
+    """optimum shapes the cache from config.json: num_key_value_heads takes the kept count, the head width stays
+    hidden_size // num_attention_heads, and no layer may keep a different count."""
+    model, spec = _load("llama-text-generation", tiny_model)
+    method, kind = PruneHeads(), "llama-text-generation"
+    assert method.same_units_every_layer(model)
+    block = _block(kind, 0)
+    weight = model.get_submodule(block.reader).weight
+    method.shrink(model, spec, block, [1], weight[:, 32:].detach(), None)
+    config = model.config
+    assert (config.num_key_value_heads, config.num_attention_heads, config.head_dim) == (1, 4, 16)
+    assert config.hidden_size // config.num_attention_heads == config.head_dim
+    attention = model.model.layers[0].self_attn
+    widths = (attention.q_proj.out_features, attention.k_proj.out_features, attention.o_proj.in_features)
+    assert widths == (32, 16, 32) and attention.num_key_value_groups == 2
+    with pytest.raises(ValueError, match="every layer must keep the same number"):
+        method.shrink(model, spec, _block(kind, 1), [0, 1], model.model.layers[1].self_attn.o_proj.weight, None)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_the_repair_on_kept_heads_is_least_squares_on_the_projections_inputs(centred, tiny_model):
+    """W_o C[:, S] C[S, S]^-1 from the statistics of the output projection's input z equals lstsq on z itself,
+    S the columns of the kept key/value head and its query heads."""
+    model, spec = _load("llama-text-generation", tiny_model)
+    block = _block("llama-text-generation", 1)
+    reader = model.get_submodule(block.reader)
+    inputs = []
+    hook = reader.register_forward_hook(lambda module, args, output: inputs.append(args[0].reshape(-1, 64)))
+    _output(model, _tokens(seed=2, batch=16))
+    hook.remove()
+    z = torch.cat(inputs).double()
+    weight = reader.weight.detach().double()
+    kept = PruneHeads().unit_columns(model, spec, block)[1]
+    new_weight, new_bias = repair(weight, z.T @ z / len(z), z.mean(dim=0), kept, None, centred, damping=0.0)
+    design = torch.cat([z[:, kept], torch.ones(len(z), 1, dtype=z.dtype)], dim=1) if centred else z[:, kept]
+    solution = torch.linalg.lstsq(design, z @ weight.T).solution
+    torch.testing.assert_close(new_weight, solution[:len(kept)].T, rtol=1e-7, atol=1e-9)
+    if centred:
+        torch.testing.assert_close(new_bias, solution[-1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def small_calibration(tmp_path_factory):
+    """100 shipped calibration lines (80 to fit, 20 to validate)."""
+    path = tmp_path_factory.mktemp("calibration") / "cal.txt"
+    path.write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:100]))
+    return path
+
+
+def _config(calibration, ratio=2.0):
+    return CompressionConfig(method="prune-heads", targets="attention", ratio=ratio, calibration=str(calibration))
+
+
+# (tiny model, task, attention matrices per layer, how many of them the kept half of the query heads (32 wide)
+# narrows: all four, or GPT-2's c_proj alone (its c_attn is 3 x 32), or Llama's q and o (k and v are 16 wide))
+EXPORTS = [("bert-fill-mask", "auto", 4, 4), ("distilbert-text-classification", "auto", 4, 4),
+           ("gpt2-text-generation", "feature-extraction", 2, 1), ("llama-text-generation", "auto", 4, 2)]
+
+
+@pytest.mark.parametrize("kind,task,matrices,narrowed", EXPORTS)
+def test_tiny_models_export_fewer_heads_with_parity_and_load_through_optimum(kind, task, matrices, narrowed, tiny_model,
+                                                                            small_calibration, tmp_path):
+    folder = tmp_path / "out"
+    manifest = export(str(tiny_model(kind)), folder, _config(small_calibration), GraphConfig(optimize="none"),
+                      task=task, progress=False)
+    assert manifest["compression"] == "structured" and manifest["parity"]["max_abs_diff"] <= 1e-3
+    totals = manifest["totals"]
+    assert totals["modules_pruned"] == 2 * matrices and totals["modules_left_dense"] == 0
+    assert totals["targeted_params_after"] == totals["targeted_params_before"] // 2
+    assert totals["model_params_after"] < totals["model_params_before"]
+    for module in manifest["modules"]:
+        assert module["fit"]["unit"] == "head" and module["fit"]["units_kept"] * 2 == module["fit"]["units"]
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert sum(32 in i.dims for i in graph.initializer if len(i.dims) == 2) == 2 * narrowed
+    ort_model_class(manifest["task"]).from_pretrained(folder)
+
+
+def test_a_pruned_llama_generates_through_optimum_as_in_torch(tiny_model, small_calibration, tmp_path):
+    """ORTModelForCausalLM sizes its first, empty cache from config.json: greedy tokens equal torch's only when
+    that cache and every later one fit the narrower graph."""
+    source = tiny_model("llama-text-generation")
+    export(str(source), tmp_path / "out", _config(small_calibration), GraphConfig(optimize="none"), progress=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    compress_(model, _config(small_calibration), tokenizer=tokenizer, progress=False)
+    onnx_model = ort_model_class("text-generation").from_pretrained(tmp_path / "out")
+    assert onnx_model.config.num_key_value_heads == 1
+    inputs = tokenizer(["the cat sat on", "a short"], return_tensors="pt", padding=True, return_token_type_ids=False)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(**inputs, **settings)
+    torch.testing.assert_close(onnx_model.generate(**inputs, **settings), expected)
+
+
+def test_a_gpt2_causal_lm_is_refused_in_one_line(tiny_model, small_calibration, tmp_path):
+    with pytest.raises(EdgefoldError, match="cannot export a GPT-2 causal LM") as error:
+        export(str(tiny_model("gpt2-text-generation")), tmp_path / "out", _config(small_calibration),
+               GraphConfig(optimize="none"), progress=False)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_minilm_keeps_three_quarters_of_its_heads_with_parity_and_loads_through_optimum(small_calibration, tmp_path):
+    folder = tmp_path / "out"
+    manifest = export(str(MINILM), folder, _config(small_calibration, ratio=1.333), GraphConfig(optimize="none"),
+                      progress=False)
+    assert manifest["parity"]["max_abs_diff"] <= 1e-3 and manifest["totals"]["modules_pruned"] == 24
+    assert all(m["fit"]["units_kept"] == 9 and m["fit"]["units"] == 12 for m in manifest["modules"])
+    assert manifest["fidelity"]["mean_cosine"] > 0.9
+    model = ort_model_class("feature-extraction").from_pretrained(folder)
+    inputs = transformers.AutoTokenizer.from_pretrained(folder)(["a short test"], return_tensors="pt")
+    assert model(**inputs).last_hidden_state.shape == (1, inputs["input_ids"].shape[1], 384)
