@@ -3,7 +3,8 @@
 Every variant keeps a share of ALL the encoder's Linear parameters (6 layers x (4 x 384 x 384 attention +
 2 x 384 x 1536 FFN)), whatever it targets: whitened SVD on attention + FFN (alone, with bias correction, fitted
 sequentially against anchored targets with bias correction), FFN neurons pruned (the FFN keeps
-``(kept - 1/3) / (2/3)``), attention heads pruned (the attention keeps ``(kept - 2/3) / (1/3)``: n/a at 50%);
+``(kept - 1/3) / (2/3)``), attention heads pruned (the attention keeps ``(kept - 2/3) / (1/3)``: n/a at 50%),
+and a mix (FFN neurons pruned, then the attention factorised on the pruned model, both at the budget's share);
 each with uniform ranks/widths and with ranks/widths allocated by measured sensitivity. Each is exported with
 ``edgefold.exporter.export`` (fp32), then quantised to int8 on top (onnxruntime dynamic int8, as
 ``--quantize int8``) into a copy of the folder; both are measured through their ONNX graphs in onnxruntime,
@@ -20,7 +21,7 @@ against the original fp32 export and against the original quantised alone ("int8
   ratio at 128 tokens (attention score/context matmuls included); fit time (the manifest's compress seconds);
 - latency: batch 1 x 128 tokens, every model taking turns in each round, at 1 and 2 intra-op threads (blocks of
   rounds alternate between the two), medians; ratios to int8 alone measured in the same run. Peak RSS: a fresh
-  process opens the graph (1 thread) and runs it three times, ``ru_maxrss``.
+  process opens the graph (1 thread) and runs it three times, its VmHWM (Linux).
 
     python benchmarks/layers_budget.py                  # every variant; about 45 minutes on 2 quiet cores
     python benchmarks/layers_budget.py --list           # the variants (names for --only) and their settings
@@ -88,8 +89,13 @@ FAMILIES: dict[str, dict] = {
                                   options=WhitenedOptions(sequential=True)),
     "prune-ffn": dict(method="prune-ffn", targets="ffn"),
     "prune-heads": dict(method="prune-heads", targets="attention"),
+    # A mix (``then``: a second config on other targets, fitted on the model compressed so far): FFN neurons
+    # pruned, then the attention factorised with whitened SVD and bias correction; every stage at the same ratio.
+    "mix-prune-ffn+svd-whitened-attn": dict(method="prune-ffn", targets="ffn",
+                                           then=dict(method="svd-whitened", targets="attention", bias_correction=True)),
 }
 STRUCTURED = ("prune-ffn", "prune-heads")
+MIXES = ("mix-prune-ffn+svd-whitened-attn",)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,12 @@ class Geometry:
         return linear_params + 2 * TOKENS * attention_width
 
 
+def all_targets(settings: dict) -> str:
+    """The targets of a family's config and of the configs after it (``then``), comma-separated."""
+    then = settings.get("then")
+    return settings["targets"] + ("," + all_targets(then) if then else "")
+
+
 def ratio_for(share: float, kept: float) -> float | None:
     """The ratio R a method acting on ``share`` of the encoder Linears needs for all of them to keep ``kept``;
     None where out of reach (it would have to keep nothing, or less)."""
@@ -153,23 +165,32 @@ class Variant:
     def config(self) -> CompressionConfig:
         """The export's settings; an unknown method or option fails here, before any work."""
         allocation = "sensitivity" if self.ranks == "allocated" else "uniform"
+
+        def build(settings: dict) -> CompressionConfig:
+            settings = dict(settings)
+            then = settings.pop("then", None)
+            return CompressionConfig(ratio=self.ratio, allocation=allocation, **settings,
+                                     **({"then": build(then)} if then else {}))
+
         try:
-            return CompressionConfig(ratio=self.ratio, allocation=allocation, **self.settings)
-        except EdgefoldError as error:
+            return build(self.settings)
+        except (EdgefoldError, TypeError) as error:  # TypeError: an edgefold without mixes (``then``)
             raise SystemExit(f"variant {self.name!r} cannot be built with this edgefold: {error}") from None
 
 
 def variants(geometry: Geometry) -> list[Variant]:
     """Cheap rows first: uniform before allocated (each allocated export measures every module at several
-    ranks), structured allocations (a few widths per layer) before factorised ones, 75% before 50%."""
+    ranks), structured allocations (a few widths per layer) before mixes and factorised ones, 75% before 50%."""
+    sequential = [f for f in FAMILIES if "-seq" in f]  # statistics measured again for every stage of the fit
+    factorised = [f for f in FAMILIES if f not in (*STRUCTURED, *MIXES, *sequential)]
     rows = []
     for ranks in ("uniform", "allocated"):
-        families = list(FAMILIES) if ranks == "uniform" else [*STRUCTURED, *(f for f in FAMILIES
-                                                                          if f not in STRUCTURED)]
+        families = ([*factorised, *STRUCTURED, *MIXES, *sequential] if ranks == "uniform" else
+                    [*STRUCTURED, *MIXES, *factorised, *sequential])
         for family in families:
             for kept in KEPT:
                 settings = FAMILIES[family]
-                rows.append(Variant(family, ranks, kept, ratio_for(geometry.share(settings["targets"]), kept),
+                rows.append(Variant(family, ranks, kept, ratio_for(geometry.share(all_targets(settings)), kept),
                                     settings))
     return rows
 
@@ -243,8 +264,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, domain: Domain) -> dic
             "top1_agreement": float((top1 == ref_top1).mean())}
 
 
+#: VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child of this (large) process would report ours.
 _PEAK_RSS = """
-import resource, sys
+import sys
 import numpy as np
 from edgefold.runtime.session import make_feed, open_session
 session = open_session(sys.argv[1], threads=1)
@@ -252,7 +274,8 @@ ids = np.random.default_rng(0).integers(1000, 20000, size=(1, int(sys.argv[2])))
 feed = make_feed(session, ids, np.ones_like(ids))
 for _ in range(3):
     session.run(None, feed)
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = open("/proc/self/status").read().split("\\n")
+print("PEAK_RSS_KB", next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 """
 
 
@@ -266,10 +289,13 @@ def peak_rss_mb(graph: Path) -> float:
     return int(line.split()[1]) / 1024
 
 
-def measure(folder: Path, references: dict[str, np.ndarray], data: list[Domain]) -> dict:
+def measure(folder: Path, references: dict[str, np.ndarray], data: list[Domain],
+            embeddings: dict[str, np.ndarray] | None = None) -> dict:
+    """``embeddings``: the folder's, where already computed (the original's are the references)."""
     result = {"bytes": sum(ExportedFolder.open(folder).bytes_on_disk().values())}
     for domain in data:
-        result[domain.name] = compare(references[domain.name], embed(folder, domain), domain)
+        own = embeddings[domain.name] if embeddings else embed(folder, domain)
+        result[domain.name] = compare(references[domain.name], own, domain)
     result["peak_rss_mb"] = peak_rss_mb(folder / GRAPH)
     return result
 
@@ -349,7 +375,7 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
         result["rows"] += [
             {"name": "original fp32", "family": "original", "ranks": "-", "kept": 1.0, "precision": "fp32",
              "params_kept": 1.0, "linear_flop_ratio": 1.0, "model_flop_ratio": 1.0, "fit_s": 0.0, "run": started,
-             "fp32": measure(original, references, data)},
+             "fp32": measure(original, references, data, references)},
             {"name": "int8 alone", "family": "original", "ranks": "-", "kept": 1.0, "precision": "int8",
              "params_kept": 1.0, "linear_flop_ratio": 1.0, "model_flop_ratio": 1.0, "fit_s": 0.0, "run": started,
              "int8": measure(int8, references, data)}]
@@ -357,9 +383,9 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
         print(f"original fp32 and int8 alone measured in {result['baseline_s']:.0f}s", flush=True)
         for variant in chosen:
             row = {"name": variant.name, "family": variant.family, "ranks": variant.ranks, "kept": variant.kept,
-                   "ratio": variant.ratio, "targets": variant.settings["targets"], "run": started}
+                   "ratio": variant.ratio, "targets": all_targets(variant.settings), "run": started}
             if variant.ratio is None:
-                targets = variant.settings["targets"]
+                targets = all_targets(variant.settings)
                 row["note"] = (f"n/a: {targets} holds {geometry.share(targets):.0%} of the encoder Linears; keeping "
                                f"{variant.kept:.0%} of all needs it to keep nothing or less")
             else:
@@ -393,7 +419,7 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
     for row in result["rows"]:
         for precision in ("fp32", "int8"):
             key = row["name"] if row["family"] == "original" else f"{row['name']} | {precision}"
-            if key in times:
+            if row.get(precision) and key in times:
                 add_latency(row[precision], times[key], times["int8 alone"], times["original fp32"])
     save(result)
     return result
@@ -485,8 +511,10 @@ def write_table(result: dict, path: Path) -> None:
         "whatever a method targets: whitened SVD on attention + FFN (+bias: bias correction; seq+bias: fitted "
         "sequentially against anchored targets, with bias correction), prune-ffn on the FFN only (it keeps "
         "(kept - 1/3) / (2/3) of the FFN), prune-heads on the attention only (it keeps (kept - 2/3) / (1/3): n/a "
-        "at 50%). Uniform: every module (block) keeps the same share; allocated: ranks (widths) per module by "
-        "measured sensitivity, one budget for all targeted weights. Linear params kept = the Linears' FLOP ratio "
+        "at 50%), and a mix: FFN neurons pruned, then the attention factorised (whitened SVD with bias "
+        "correction, fitted on the pruned model), each keeping the budget's share. Uniform: every module (block) "
+        "keeps the same share; allocated: ranks (widths) per module by measured sensitivity, one budget for all "
+        "targeted weights (a mix: per stage). Linear params kept = the Linears' FLOP ratio "
         "(MACs per token = parameters: dense rows x cols, factorised r x (rows + cols), pruned the narrower dense). "
         f"Model FLOPs: MACs per token at {result['tokens']} tokens = Linear parameters + sum over layers of "
         f"2 x {result['tokens']} x the attention width (scores and context; pruned heads narrow it); norms, "
@@ -613,7 +641,7 @@ def main() -> None:
     json_path = args.results / f"{NAME}.json"
     if args.list:
         for v in all_variants:
-            print(f"{v.name:40} {'n/a' if v.ratio is None else f'ratio {v.ratio:g}'} on {v.settings['targets']}")
+            print(f"{v.name:40} {'n/a' if v.ratio is None else f'ratio {v.ratio:g}'} on {all_targets(v.settings)}")
         return
     if args.render:
         render(json.loads(json_path.read_text()), args.results)

@@ -39,6 +39,7 @@ from edgefold.exporter.planning.sensitivity import (
     allocate,
     measure,
 )
+from edgefold.exporter.prune import prune_
 from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import (
     EMBEDDINGS,
@@ -46,8 +47,6 @@ from edgefold.exporter.source.architectures import (
     spec_for,
 )
 from edgefold.runtime import EdgefoldError
-
-FP32_BYTES = 4
 
 
 def compress_(model: nn.Module, config: CompressionConfig, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -89,8 +88,6 @@ def _compress_stage(model: nn.Module, config: CompressionConfig, tokenizer: PreT
         means = _input_means(model, spec, config, selected, tokenizer, calibration, progress)
         return _compress_groups(model, spec, config, method, selected, means, progress)
     if isinstance(method, StructuredMethod):
-        from edgefold.exporter.prune import prune_  # it builds on this module's records and statistics
-
         return prune_(model, spec, config, method, selected, tokenizer, calibration, progress)
     fitting = _Fitting(model, config, method, tokenizer, calibration, progress, fitted or {})
     fitting.collect_statistics(selected, spec)
@@ -183,14 +180,9 @@ class _Fitting:
             score = scorer.for_module(name, kinds[0], module)
             self.sensitivities[name] = measure(name, *weight.shape, self.config.rank_multiple,
                                                lambda rank: 1.0 - score(proxy.fit(weight, rank, context)))
-        self.allocated = allocate(list(self.sensitivities.values()), self._budget(selected))
-
-    def _budget(self, selected: list[tuple[str, nn.Module, tuple]]) -> float:
-        targeted = sum(s.dense_params for s in self.sensitivities.values())
-        if self.config.size_budget is None:
-            return targeted / self.config.ratio
-        untargeted = sum(p.numel() for p in self.model.parameters()) - targeted
-        return self.config.size_budget / FP32_BYTES - untargeted
+        measured = list(self.sensitivities.values())
+        budget = self.config.budget_params(self.model, sum(s.dense_params for s in measured))
+        self.allocated = allocate(measured, budget)
 
     def compress_module(self, name: str, module: nn.Module, kinds: tuple[str, ...],
                         weight: torch.Tensor) -> ModuleRecord:

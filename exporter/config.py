@@ -6,6 +6,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from torch import nn
+
 from edgefold.exporter.methods import (
     NO_COMPRESSION,
     GroupMethod,
@@ -20,6 +22,7 @@ from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
 from edgefold.runtime import EdgefoldError
 
 ALLOCATIONS = ("uniform", "sensitivity", "plan")
+FP32_BYTES = 4.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class CompressionConfig:
     ``bias_correction``: after a Linear is compressed, set its bias to ``b + W E[x] - W' E[x^]`` (x^ the input
     the compressed model gives it: the original input unless the fit is sequential), which removes the mean
     error of its output on calibration text.
+
+    ``param_bytes``: the bytes one stored parameter takes in the file, which a ``size_budget`` counts: 4 (fp32),
+    or what quantisation leaves (``GraphConfig.adapt`` sets it: 1 for int8, 0.625 for int4).
 
     ``then``: another config for other targets, applied afterwards to the model compressed so far (a mix, such
     as FFN neurons pruned and the attention factorised; its statistics are of the partly compressed model).
@@ -64,6 +70,7 @@ class CompressionConfig:
     plan: Plan | None = None
     bias_correction: bool = False
     then: CompressionConfig | None = None
+    param_bytes: float = FP32_BYTES
 
     def __post_init__(self) -> None:
         if self.plan is not None:
@@ -75,6 +82,8 @@ class CompressionConfig:
             raise EdgefoldError(f"--ratio must be greater than 1 and finite (got {self.ratio!r})")
         if not _is_int(self.rank_multiple) or self.rank_multiple < 1:
             raise EdgefoldError(f"rank_multiple must be a positive integer (got {self.rank_multiple!r})")
+        if not _is_number(self.param_bytes) or not 0 < self.param_bytes <= FP32_BYTES:
+            raise EdgefoldError(f"param_bytes must be above 0 and at most 4 bytes (got {self.param_bytes!r})")
         if not _is_int(self.seed) or not 0 <= self.seed < 2 ** 63:
             raise EdgefoldError(f"--seed must be an integer from 0 to 2**63 - 1 (got {self.seed!r})")
         if self.frequency is not None and not isinstance(self.frequency, bool):
@@ -151,6 +160,15 @@ class CompressionConfig:
         if self.allocation == "sensitivity" and (self.uses_frequency or isinstance(self.build_method(), GroupMethod)):
             raise EdgefoldError("ranks allocated by sensitivity work per module: not with frequency-aware "
                                 "embeddings (pass --no-frequency) nor with a cross-layer method")
+
+    def budget_params(self, model: nn.Module, targeted: int) -> float:
+        """The parameters the targeted weights (``targeted`` of them, matrices) may keep: 1/ratio of them, or what
+        ``size_budget`` leaves after the rest of the model (its matrices at ``param_bytes``, its vectors, biases
+        and norms, at fp32: quantisation leaves those alone)."""
+        if self.size_budget is None:
+            return targeted / self.ratio
+        rest = sum(p.numel() * (FP32_BYTES if p.dim() < 2 else self.param_bytes) for p in model.parameters())
+        return (self.size_budget - rest) / self.param_bytes + targeted
 
     def build_method(self) -> Method | None:
         return get_method(self.method, self.options)

@@ -39,8 +39,6 @@ from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import ArchitectureSpec
 from edgefold.runtime import EdgefoldError
 
-_FP32_BYTES = 4
-
 
 def prune_(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: StructuredMethod,
            selected: list[tuple[str, nn.Module, tuple]], tokenizer: PreTrainedTokenizerBase | None,
@@ -66,7 +64,8 @@ def prune_(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, 
         scorer = ValidationScorer(model, calibration.validation_texts[:SENSITIVITY_TEXTS], tokenizer)
         sensitivities = {b.block.layer: b.sensitivity(model, method, scorer) for b in
                          tqdm(units, desc="sensitivity", unit="block", disable=not progress)}
-        widths = allocate(list(sensitivities.values()), _budget(model, config, units))
+        budget = config.budget_params(model, sum(b.params for b in units))
+        widths = allocate(list(sensitivities.values()), budget)
     else:
         widths = {b.block.layer: b.uniform_width(config.ratio) for b in units}
     records: dict[str, ModuleRecord] = {}
@@ -243,11 +242,3 @@ class _BlockUnits:
             "dropped": output_error(self.weight, self.moments, self.mean, columns, self.weight[:, columns]),
             "repaired": output_error(self.weight, self.moments, self.mean, columns, new_weight, shift)}
         return list(records.values())
-
-
-def _budget(model: nn.Module, config: CompressionConfig, units: list[_BlockUnits]) -> float:
-    """The blocks' weights together: 1/R of them, or what a size budget leaves after everything else."""
-    targeted = sum(b.params for b in units)
-    if config.size_budget is None:
-        return targeted / config.ratio
-    return config.size_budget / _FP32_BYTES - (sum(p.numel() for p in model.parameters()) - targeted)

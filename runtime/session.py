@@ -50,6 +50,7 @@ def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_ma
     which is what a first generation step sees.
     """
     batch, length = input_ids.shape
+    outputs = {spec.name: spec.shape for spec in session.get_outputs()}
     feed = {}
     for spec in session.get_inputs():
         name = spec.name
@@ -63,19 +64,26 @@ def make_feed(session: ort.InferenceSession, input_ids: np.ndarray, attention_ma
         elif name == "position_ids":
             feed[name] = np.broadcast_to(np.arange(length, dtype=dtype), (batch, length)).copy()
         elif name.startswith("past_key_values"):
-            feed[name] = np.zeros(_empty_cache_shape(spec.shape, batch), dtype=dtype)
+            present = outputs.get("present" + name[len("past_key_values"):])
+            feed[name] = np.zeros(_empty_cache_shape(spec.shape, batch, present), dtype=dtype)
         else:
             raise EdgefoldError(f"the graph asks for an input edgefold does not know how to fill: {name!r}")
     return feed
 
 
-def _empty_cache_shape(shape: list, batch: int) -> tuple[int, ...]:
-    # (batch, heads, past_length, head_dim): the symbolic batch gets the batch size, the past length 0.
+def _empty_cache_shape(shape: list, batch: int, present: list | None = None) -> tuple[int, ...]:
+    """(batch, heads, past_length, head_dim): the symbolic batch gets the batch size, the past length 0.
+
+    A symbolic heads axis (a causal LM whose layers kept different numbers of heads) takes the head count of the
+    layer's ``present`` output, where the graph states it, else 0: the cache holds no values either way.
+    """
     dims = [d if isinstance(d, int) else -1 for d in shape]
     if len(dims) != 4:
         raise EdgefoldError(f"cannot size the cache input with shape {shape}: expected 4 dimensions")
     dims[0] = batch
     dims[2] = 0
+    if dims[1] < 0:
+        dims[1] = present[1] if present and len(present) == 4 and isinstance(present[1], int) else 0
     if any(d < 0 for d in dims):
         raise EdgefoldError(f"cannot size the cache input with shape {shape}")
     return tuple(dims)

@@ -62,6 +62,17 @@ def test_bad_ratio(capsys, tiny_copy, tmp_path, ratio, match):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags,match", [
+    (["--method", "none", "--bias-correction"], "--bias-correction corrects the Linears"),
+    (["--method", "prune-ffn", "--targets", "attention"], "target exactly those (--targets ffn)"),
+    (["--method", "prune-heads", "--targets", "ffn"], "target exactly those (--targets attention)"),
+    (["--method", "svd-whitened", "--method-option", "sequential=maybe"], "option sequential takes true or false"),
+])
+def test_refused_recipes(capsys, tiny_copy, tmp_path, flags, match):
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", *flags, match=match)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_target(capsys, tiny_copy, tmp_path):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", "--targets", "embeddings,mlp", match="unknown target 'mlp'")
 

@@ -1,5 +1,8 @@
 """Attention-head pruning: units and shrinking against independent computations, the repair on real head
-columns against least squares, and real exports of every family (GPT-2 causal LMs refused)."""
+columns against least squares, and real exports of every family (GPT-2 causal LMs with a cache of each layer's
+kept heads)."""
+
+import json
 
 import onnx
 import pytest
@@ -12,10 +15,10 @@ from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
 from edgefold.exporter.methods.prune_heads import PruneHeads
 from edgefold.exporter.methods.structured import Block
 from edgefold.exporter.nn.swap import dense_weight
-from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.onnx.export import export_onnx, ort_model_class
 from edgefold.exporter.prune import repair
 from edgefold.exporter.source.architectures import spec_for
-from edgefold.runtime import EdgefoldError
+from edgefold.runtime.cli import main
 from edgefold.runtime.texts import shipped_texts
 
 # The attention output projection of layer i, and the auto class that loads each tiny model.
@@ -23,7 +26,7 @@ READERS = {
     "bert-fill-mask": ("bert.encoder.layer.{}.attention.output.dense", transformers.AutoModelForMaskedLM),
     "distilbert-text-classification": ("distilbert.transformer.layer.{}.attention.out_lin",
                                        transformers.AutoModelForSequenceClassification),
-    "gpt2-text-generation": ("h.{}.attn.c_proj", transformers.AutoModel),  # as a causal LM it is refused
+    "gpt2-text-generation": ("h.{}.attn.c_proj", transformers.AutoModel),  # the causal LM: tests of their own
     "llama-text-generation": ("model.layers.{}.self_attn.o_proj", transformers.AutoModelForCausalLM),
 }
 #: Units kept per layer by the shrink tests: per-layer counts where the config can record them, the same where
@@ -207,12 +210,60 @@ def test_a_pruned_llama_generates_through_optimum_as_in_torch(tiny_model, small_
     torch.testing.assert_close(onnx_model.generate(**inputs, **settings), expected)
 
 
-def test_a_gpt2_causal_lm_is_refused_in_one_line(tiny_model, small_calibration, tmp_path):
-    with pytest.raises(EdgefoldError, match="cannot export a GPT-2 causal LM") as error:
-        export(str(tiny_model("gpt2-text-generation")), tmp_path / "out", _config(small_calibration),
-               GraphConfig(optimize="none"), progress=False)
-    assert "\n" not in str(error.value)
-    assert not (tmp_path / "out").exists()
+def _cache_heads(folder):
+    """Per cache input and output of the saved graph, its heads axis (a count, or the name of a symbolic one)."""
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return {value.name: value.type.tensor_type.shape.dim[1].dim_param or value.type.tensor_type.shape.dim[1].dim_value
+            for value in [*graph.input, *graph.output] if value.name.startswith(("past_key_values.", "present."))}
+
+
+def _generates_as_in_torch(folder, model, tokenizer):
+    """ORTModelForCausalLM's greedy tokens on ``folder`` equal ``model``'s: its first, empty cache has config's
+    n_head heads, every later one the graph's own."""
+    onnx_model = ort_model_class("text-generation").from_pretrained(folder)
+    inputs = tokenizer(["the cat sat on", "a short"], return_tensors="pt", padding=True, return_token_type_ids=False)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(**inputs, **settings)
+    torch.testing.assert_close(onnx_model.generate(**inputs, **settings), expected)
+
+
+def test_a_gpt2_causal_lm_exports_a_cache_of_each_layers_kept_heads_and_generates_as_in_torch(
+        tiny_model, small_calibration, tmp_path):
+    """GPT-2's config (n_head and pruned_heads, as transformers writes it) cannot size a cache of fewer heads: the
+    graph's cache inputs take any head count and its outputs have each layer's kept heads; optimum and edgefold's
+    runtime both run it."""
+    source, folder = tiny_model("gpt2-text-generation"), tmp_path / "out"
+    manifest = export(str(source), folder, _config(small_calibration), GraphConfig(optimize="none"), progress=False)
+    assert manifest["task"] == "text-generation" and manifest["parity"]["max_abs_diff"] <= 1e-3
+    assert all(m["fit"]["units_kept"] * 2 == m["fit"]["units"] for m in manifest["modules"])
+    config = json.loads((folder / "config.json").read_text())
+    assert config["n_head"] == 4 and sorted(len(heads) for heads in config["pruned_heads"].values()) == [2, 2]
+    assert _cache_heads(folder) == {f"{name}.{layer}.{kind}": heads for layer in range(2) for kind in ("key", "value")
+                                    for name, heads in (("past_key_values", f"past_heads.{layer}"), ("present", 2))}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    compress_(model, _config(small_calibration), tokenizer=tokenizer, progress=False)
+    _generates_as_in_torch(folder, model, tokenizer)
+    assert main(["bench", str(folder), "--threads", "1", "--warmup", "1", "--iterations", "2", "--min-seconds", "0",
+                 "--seq", "16", "-o", str(tmp_path / "bench.json")]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["schema"] == "edgefold.bench"
+
+
+def test_gpt2_layers_keeping_different_head_counts_export_with_a_cache_each(tiny_model, tmp_path):
+    """Layer 0 keeps two heads, layer 1 one: each layer's cache has its own count; the exported config is the
+    original n_head with transformers' pruned_heads."""
+    source = tiny_model("gpt2-text-generation")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    model.prune_heads({0: [1, 2], 1: [0, 2, 3]})
+    export_onnx(model, "text-generation", tmp_path, tokenizer)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_head"] == 4 and config["pruned_heads"] == {"0": [1, 2], "1": [0, 2, 3]}
+    heads = _cache_heads(tmp_path)
+    assert [heads[f"present.{layer}.{kind}"] for layer in range(2) for kind in ("key", "value")] == [2, 2, 1, 1]
+    assert {heads[f"past_key_values.{layer}.value"] for layer in range(2)} == {"past_heads.0", "past_heads.1"}
+    _generates_as_in_torch(tmp_path, model, tokenizer)
 
 
 def test_minilm_keeps_three_quarters_of_its_heads_with_parity_and_loads_through_optimum(small_calibration, tmp_path):

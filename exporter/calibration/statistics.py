@@ -70,8 +70,8 @@ def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bo
 
     def hook(name: str):
         def accumulate(_module, inputs) -> None:
-            x = inputs[0][mask].double()  # real tokens only, (tokens, cols)
-            product, total = x.T @ x, x.sum(dim=0)
+            x = inputs[0][mask].float()  # real tokens only, (tokens, cols)
+            product, total = (x.T @ x).double(), x.sum(dim=0).double()  # a batch in float32, the sums in float64
             sums[name] = (product, total) if sums[name] is None else (sums[name][0] + product, sums[name][1] + total)
         return accumulate
 
@@ -122,9 +122,10 @@ def anchored_statistics(original: PreTrainedModel, model: PreTrainedModel, stage
         current = _stage_inputs(model, stage, batch, mask)
         for name in stage:
             x, x_hat = anchor[name], current[name]
-            for key, value in ((INPUT_MOMENTS, x_hat.T @ x_hat), (ANCHOR_MOMENTS, x.T @ x_hat),
-                               (INPUT_MEAN, x_hat.sum(dim=0)), (ANCHOR_MEAN, x.sum(dim=0))):
-                sums[name][key] = value if key not in sums[name] else sums[name][key] + value
+            batch_sums = {INPUT_MOMENTS: x_hat.T @ x_hat, ANCHOR_MOMENTS: x.T @ x_hat, INPUT_MEAN: x_hat.sum(dim=0),
+                          ANCHOR_MEAN: x.sum(dim=0)}
+            for key, value in batch_sums.items():  # a batch in float32 (fast), the running sums in float64
+                sums[name][key] = value.double() + sums[name].get(key, 0)
         tokens += int(mask.sum())
     return {name: {key: total / tokens for key, total in values.items()} for name, values in sums.items()}
 
@@ -136,7 +137,7 @@ def _stage_inputs(model: PreTrainedModel, stage: list[str], batch: TextBatch,
 
     def hook(name: str):
         def capture(_module, args) -> None:
-            inputs[name] = args[0][mask].double()
+            inputs[name] = args[0][mask].float()
             if len(inputs) == len(stage):
                 raise _StageMeasured
         return capture

@@ -59,6 +59,8 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "frequency_aware": config.uses_frequency,
         "method_options": config.method_options,
         "bias_correction": config.bias_correction,
+        # a mix: the configs applied after this one, each to other targets of the model compressed so far
+        "then": _stage(config.then),
         # per module: kept or factorised, and at which precision; `edgefold export --plan edgefold.json` replays it
         "plan": config.plan.as_dict() if config.plan else None,
         "calibration": calibration,
@@ -89,6 +91,15 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
     }
 
 
+def _stage(config: CompressionConfig | None) -> dict | None:
+    if config is None:
+        return None
+    return {"method": config.method, "compression": config.build_method().compression,
+            "targets": [kind for kind in ALL_KINDS if kind in config.targets], "ratio": config.ratio,
+            "allocation": config.allocation, "method_options": config.method_options,
+            "bias_correction": config.bias_correction, "then": _stage(config.then)}
+
+
 def write_manifest(folder: Path, manifest: dict) -> Path:
     """Write ``edgefold.json`` last, listing every file of the folder: what ``--overwrite`` may later replace."""
     written = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
@@ -106,8 +117,9 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
         _plan_line(manifest) if manifest.get("plan") else
         f"  method {manifest['method']} {_budget(manifest)} on {', '.join(manifest['targets'])}: "
-        + (f"{pruned} module(s) pruned (narrower dense matrices), " if pruned else
-           f"{t['modules_factorised']} module(s) factorised, ")
+        + _then(manifest.get("then"))
+        + (f"{pruned} module(s) pruned (narrower dense matrices), " if pruned else "")
+        + (f"{t['modules_factorised']} module(s) factorised, " if t["modules_factorised"] or not pruned else "")
         + (f"{storage} storage-compressed (decoded when the session starts: a smaller file, dense weights in "
            "memory, no FLOP saving), " if storage else "")
         + f"{t['modules_left_dense']} left dense",
@@ -183,6 +195,15 @@ def _allocated(module: dict) -> str:
     if module["status"] == "pruned":
         return f"{fit['units_kept']} of {fit['units']} {fit['unit']}s"
     return str(module["rank"] or "dense")
+
+
+def _then(stage: dict | None) -> str:
+    """The configs of a mix after the first, as ``then METHOD at ratio R on TARGETS``."""
+    text = ""
+    while stage:
+        text += f"then {stage['method']} {_budget(stage)} on {', '.join(stage['targets'])}; "
+        stage = stage["then"]
+    return text
 
 
 def _budget(manifest: dict) -> str:

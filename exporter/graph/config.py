@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.mobile import check_formats
 from edgefold.exporter.graph.optimize import check_mode
-from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS, check_scheme
+from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS, QUANTISED_PARAM_BYTES, check_scheme
 from edgefold.runtime import EdgefoldError
 
 
@@ -64,10 +64,15 @@ class GraphConfig:
         return [name for name, wanted in chosen if wanted]
 
     def adapt(self, compression: CompressionConfig | None) -> CompressionConfig | None:
-        """int4 quantises blocks of 32 along a MatMul's inner dimension: ranks become multiples of 32."""
-        if self.quantize != "int4" or compression is None:
+        """The compression for this graph: int4 quantises blocks of 32 along a MatMul's inner dimension, so
+        ranks become multiples of 32; a size budget counts the bytes a parameter will take once quantised."""
+        if self.quantize == "none" or compression is None:
             return compression
-        multiple, then = math.lcm(compression.rank_multiple, INT4_BLOCK_SIZE), self.adapt(compression.then)
-        if multiple == compression.rank_multiple and then is compression.then:
+        multiple = compression.rank_multiple
+        if self.quantize == "int4":
+            multiple = math.lcm(multiple, INT4_BLOCK_SIZE)
+        changes = dict(rank_multiple=multiple, param_bytes=QUANTISED_PARAM_BYTES[self.quantize],
+                       then=self.adapt(compression.then))
+        if all(getattr(compression, name) == value for name, value in changes.items()):
             return compression
-        return replace(compression, rank_multiple=multiple, then=then)
+        return replace(compression, **changes)

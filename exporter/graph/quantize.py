@@ -23,6 +23,9 @@ from edgefold.runtime.optable import PRECISIONS
 
 SCHEMES = ("none", "int8", "int4")
 INT4_BLOCK_SIZE = 32
+#: Bytes a weight takes once quantised: int8 one (its tensor's scale is negligible), int4 half a byte plus one
+#: fp32 scale per block of 32. What a size budget counts per parameter when the export quantises.
+QUANTISED_PARAM_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / INT4_BLOCK_SIZE}
 #: Per-module precisions: int4-B is 4-bit weight-only in blocks of B, computed in int8 (accuracy level 4).
 INT4_BLOCKS = {"int4-32": 32, "int4-128": 128}
 #: MatMulNBits computes in int8 on CPU at level 4 only (0-3 dequantise to fp32 first): the faster kernel.

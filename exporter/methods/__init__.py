@@ -69,5 +69,5 @@ def _method_class(name: str) -> type[Method]:
 
 __all__ = ["METHODS", "NO_COMPRESSION", "AutoencoderOptions", "CrossLayerOptions",
            "DecodedRows", "FitContext", "GroupFit", "GroupMethod", "LowRankFactors", "Method", "MethodOptions",
-           "PruneFFN", "PruneHeads", "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "WhitenedOptions", "get_method",
-           "parse_method_options"]
+           "PruneFFN", "PruneHeads", "RowDecoder", "SharedBasisOptions", "TruncatedSVD", "WhitenedOptions",
+           "get_method", "parse_method_options"]

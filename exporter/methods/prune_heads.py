@@ -7,8 +7,8 @@ output projection is re-solved for the ones that go (``W_o C[:, S] C[S, S]^-1``)
 a head lives in each architecture is ``nn.heads``'.
 
 Causal LMs are exported with a KV cache whose shape optimum takes from config.json, one shape for all layers:
-Llama-family layers therefore all keep the same number of units, and GPT-2 (whose config cannot describe fewer
-heads of the same width) is refused as a causal LM.
+Llama-family layers therefore all keep the same number of units. A GPT-2 config cannot describe fewer heads of
+the same width, so a GPT-2 causal LM's cache is exported with each layer's kept heads instead (``onnx.export``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from edgefold.exporter.methods.structured import Block, StructuredMethod
 from edgefold.exporter.nn import heads
-from edgefold.exporter.onnx.export import task_of_model
 from edgefold.exporter.source.architectures import ArchitectureSpec, spec_for
-from edgefold.runtime import EdgefoldError
 
 
 class PruneHeads(StructuredMethod):
@@ -31,13 +29,10 @@ class PruneHeads(StructuredMethod):
     unit_name = "head"
 
     def check_model(self, model: nn.Module) -> None:
-        """Refuse a GPT-2 causal LM: optimum sizes its cache (export dummies and ``ORTModelForCausalLM``'s empty
-        first-step cache alike) as ``n_head`` heads of ``n_embd // n_head`` values, and GPT-2's config has no
-        other size, so no config.json describes fewer heads of the same width."""
-        if spec_for(model.config.model_type).name == "gpt2" and task_of_model(model) == "text-generation":
-            raise EdgefoldError(f"method {self.name} cannot export a GPT-2 causal LM: optimum sizes its KV cache "
-                                "as n_head heads of n_embd // n_head values, which no GPT-2 config can say of "
-                                "fewer heads; prune its FFN (prune-ffn) or export it with --task feature-extraction")
+        """Nothing is refused. A GPT-2 causal LM, whose config sizes its KV cache as ``n_head`` heads of
+        ``n_embd // n_head`` values, is exported with a cache of each layer's kept heads, the heads axis of the
+        cache inputs symbolic so that optimum's first, empty cache of ``n_head`` heads still fits
+        (``onnx.export``)."""
 
     def same_units_every_layer(self, model: nn.Module) -> bool:
         """Whether every layer must keep the same number of units: a Llama-family config holds one key/value
