@@ -13,12 +13,8 @@ from transformers import PreTrainedTokenizerBase
 from edgefold.exporter.bias import correct_bias_
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
 from edgefold.exporter.calibration.corpus import Calibration
-from edgefold.exporter.calibration.statistics import (
-    STATISTICS_BATCH,
-    anchored_statistics,
-    collect_statistics,
-    forward_stages,
-)
+from edgefold.exporter.calibration.sequential import LayerwiseActivations, forward_stages
+from edgefold.exporter.calibration.statistics import STATISTICS_BATCH, collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import FitContext, GroupMethod, LowRankFactors, Method, TruncatedSVD
@@ -127,6 +123,7 @@ class _Fitting:
         # A sequential fit measures each stage against the original model, so keep it before anything is swapped.
         self.original = copy.deepcopy(model) if method.sequential else None
         self._fit_batches: list[TextBatch] | None = None
+        self.activations: LayerwiseActivations | None = None
 
     def collect_statistics(self, selected: list[tuple[str, nn.Module, tuple]], spec: ArchitectureSpec) -> None:
         """What the method needs of the Linears' activations, on the original model (before any swap) and the
@@ -155,9 +152,12 @@ class _Fitting:
     def measure_stage(self, stage: list[tuple[str, nn.Module, tuple]]) -> None:
         """Sequential fit: the inputs of a stage of Linears in the model compressed so far, anchored to the
         original model's."""
-        if self.original is not None and stage[0][2] != (EMBEDDINGS,):
-            names = [name for name, _, _ in stage]
-            self.statistics.update(anchored_statistics(self.original, self.model, names, self._batches()))
+        if self.original is None or stage[0][2] == (EMBEDDINGS,):
+            return
+        names = [name for name, _, _ in stage]
+        if self.activations is None:  # after the embeddings: both models' hidden states at the first layer
+            self.activations = LayerwiseActivations(self.original, self.model, names[0], self._batches())
+        self.statistics.update(self.activations.measure(names))
 
     def _batches(self) -> list[TextBatch]:
         if self._fit_batches is None:

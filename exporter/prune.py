@@ -18,7 +18,6 @@ budget, as ``planning.sensitivity`` does for ranks).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.calibration.sequential import layer_of
 from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
@@ -84,7 +84,7 @@ def find_blocks(method: StructuredMethod, selected: list[tuple[str, nn.Module, t
     refused in one line."""
     layers: dict[str, list[tuple[str, tuple]]] = {}
     for name, _, kinds in selected:
-        layers.setdefault(_layer_of(name), []).append((name, kinds))
+        layers.setdefault(layer_of(name), []).append((name, kinds))
     blocks = []
     for layer, members in layers.items():
         missing = set(method.block_kinds) - {kind for _, kinds in members for kind in kinds}
@@ -95,14 +95,6 @@ def find_blocks(method: StructuredMethod, selected: list[tuple[str, nn.Module, t
         reader = next(name for name, kinds in members if kinds == (method.reader_kind,))
         blocks.append(Block(layer, tuple(name for name, _ in members if name != reader), reader))
     return blocks
-
-
-def _layer_of(name: str) -> str:
-    """The layer a module belongs to: its name up to the first index (``encoder.layer.3``, ``model.layers.0``)."""
-    found = re.match(r"(.*?\.\d+)\.", name)
-    if found is None:
-        raise ValueError(f"{name} is not inside a numbered layer")
-    return found.group(1)
 
 
 def unit_scores(weight: torch.Tensor, moments: torch.Tensor, mean: torch.Tensor, units: list[torch.Tensor],

@@ -10,10 +10,16 @@ import transformers
 from edgefold.exporter import CompressionConfig, export
 from edgefold.exporter.bias import corrected_bias
 from edgefold.exporter.calibration.batches import tokenize
-from edgefold.exporter.calibration.statistics import forward_stages
+from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
+from edgefold.exporter.calibration.sequential import LayerwiseActivations, forward_stages
+from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.methods import FitContext, WhitenedOptions, get_method
+from edgefold.exporter.methods.base import ANCHOR_MEAN, INPUT_MEAN, INPUT_MOMENTS
+from edgefold.exporter.nn.swap import select_modules
 from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.source.architectures import spec_for
 from edgefold.runtime import EdgefoldError
+from edgefold.runtime.texts import shipped_texts
 
 SEQUENTIAL = WhitenedOptions(sequential=True)
 
@@ -102,6 +108,31 @@ def test_forward_stages_group_the_linears_that_read_one_input(tiny_model, kind, 
     for i, stage in enumerate(stages):
         ends = expected[i % 4]
         assert len(stage) == len(ends) and all(name.endswith(end) for name, end in zip(stage, ends)), stage
+
+
+@pytest.mark.parametrize("kind", ["distilbert-text-classification", "gpt2-text-generation",
+                                  "llama-text-generation"])
+def test_layer_by_layer_activations_match_a_full_forward_pass(tiny_model, kind):
+    """Carried one layer at a time, the hidden states give a later layer's Linears the statistics that hooks on
+    whole forward passes give; with a module of an earlier layer changed, x^ follows the change and x does not."""
+    folder = tiny_model(kind)
+    auto = transformers.AutoModelForCausalLM if "generation" in kind else transformers.AutoModelForSequenceClassification
+    original, model = (auto.from_pretrained(folder).eval() for _ in range(2))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    texts = shipped_texts(SHIPPED_CALIBRATION)[:12]
+    batches = tokenize(tokenizer, texts, 32, batch_size=4)
+    spec = spec_for(model.config.model_type)
+    linears = [(name, kinds) for name, _, kinds in select_modules(model, spec, frozenset({"q", "k", "v", "ffn-out"}))]
+    first, last = linears[0][0], linears[-1][0]  # a module of layer 0, the FFN output of the last layer
+    with torch.no_grad():
+        model.get_submodule(first).weight.mul_(0.5)  # "compressed": its layer's output changes
+    carried = LayerwiseActivations(original, model, first, batches).measure([last])[last]
+    whole = {name: collect_statistics(m, {last: (m.get_submodule(last), spec.transposed)},
+                                      frozenset({INPUT_MOMENTS}), texts, tokenizer, progress=False)[last]
+             for name, m in (("original", original), ("model", model))}
+    torch.testing.assert_close(carried[INPUT_MOMENTS], whole["model"][INPUT_MOMENTS], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(carried[ANCHOR_MEAN], whole["original"][INPUT_MEAN], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(carried[INPUT_MEAN], carried[ANCHOR_MEAN], rtol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["bert-fill-mask", "distilbert-text-classification", "gpt2-text-generation",

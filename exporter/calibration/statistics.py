@@ -15,9 +15,7 @@ Data-aware methods declare what they need (``Method.needs``) and receive it per 
   unsupervised case FWSVD's justification covers), and because ``g`` is independent across vectors the cross
   terms of a batch vanish in expectation, so batched gradients estimate the per-vector sum without bias.
 
-A sequential fit (``anchored_statistics``) compresses the Linears in the order the model runs them and measures
-each stage's inputs in the model compressed so far (x^) beside the original model's (x): ``input_moments`` and
-``input_mean`` of x^, ``anchor_moments`` ``E[x x^T]`` and ``anchor_mean`` ``E[x]``.
+A sequential fit measures more, layer by layer: see ``calibration.sequential``.
 
 Only the calibration FIT split is used: the validation lines stay for checkpoint selection.
 """
@@ -33,13 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
-from edgefold.exporter.methods.base import (
-    ANCHOR_MEAN,
-    ANCHOR_MOMENTS,
-    INPUT_MEAN,
-    INPUT_MOMENTS,
-    ROW_IMPORTANCE,
-)
+from edgefold.exporter.methods.base import INPUT_MEAN, INPUT_MOMENTS, ROW_IMPORTANCE
 from edgefold.exporter.onnx.export import task_of_model
 
 #: Texts per forward pass while statistics are collected.
@@ -76,79 +68,12 @@ def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bo
         return accumulate
 
     tokens = 0
-    with _hooks(modules, hook):
+    with hooks(modules, hook):
         for batch in tqdm(batches, desc="input moments", unit="batch", disable=not progress, leave=False):
             mask = torch.from_numpy(batch.attention_mask).bool()
             model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
             tokens += int(mask.sum())
     return {name: (product / tokens, total / tokens) for name, (product, total) in sums.items()}
-
-
-def forward_stages(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]],
-                   batch: TextBatch) -> list[list[str]]:
-    """``modules`` in the order a forward pass runs them, those that read one input tensor (q, k and v; a gated
-    FFN's gate and up) in one stage: a sequential fit measures a stage, then fits it, then goes on."""
-    stages: list[list[str]] = []
-    last: list[torch.Tensor | None] = [None]
-
-    def hook(name: str):
-        def record(_module, inputs) -> None:
-            if inputs[0] is last[0]:
-                stages[-1].append(name)
-            else:
-                stages.append([name])
-                last[0] = inputs[0]
-        return record
-
-    with torch.no_grad(), _hooks(modules, hook):
-        model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
-    return stages
-
-
-class _StageMeasured(Exception):
-    """Raised by a hook once every module of the stage has seen its input: the rest of the forward is not needed."""
-
-
-@torch.no_grad()
-def anchored_statistics(original: PreTrainedModel, model: PreTrainedModel, stage: list[str],
-                        batches: list[TextBatch]) -> dict[str, dict[str, torch.Tensor]]:
-    """For each module named in ``stage``: the moments and mean of its input x^ in ``model`` (compressed so far),
-    and against the input x of the same module in ``original``, ``E[x x^T]`` and ``E[x]`` (float64, real tokens)."""
-    sums: dict[str, dict[str, torch.Tensor]] = {name: {} for name in stage}
-    tokens = 0
-    for batch in batches:
-        mask = torch.from_numpy(batch.attention_mask).bool()
-        anchor = _stage_inputs(original, stage, batch, mask)
-        current = _stage_inputs(model, stage, batch, mask)
-        for name in stage:
-            x, x_hat = anchor[name], current[name]
-            batch_sums = {INPUT_MOMENTS: x_hat.T @ x_hat, ANCHOR_MOMENTS: x.T @ x_hat, INPUT_MEAN: x_hat.sum(dim=0),
-                          ANCHOR_MEAN: x.sum(dim=0)}
-            for key, value in batch_sums.items():  # a batch in float32 (fast), the running sums in float64
-                sums[name][key] = value.double() + sums[name].get(key, 0)
-        tokens += int(mask.sum())
-    return {name: {key: total / tokens for key, total in values.items()} for name, values in sums.items()}
-
-
-def _stage_inputs(model: PreTrainedModel, stage: list[str], batch: TextBatch,
-                  mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The real-token inputs of the stage's modules in one forward pass, stopped once all are seen."""
-    inputs: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def capture(_module, args) -> None:
-            inputs[name] = args[0][mask].float()
-            if len(inputs) == len(stage):
-                raise _StageMeasured
-        return capture
-
-    modules = {name: (model.get_submodule(name), False) for name in stage}
-    with _hooks(modules, hook):
-        try:
-            model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
-        except _StageMeasured:
-            pass
-    return inputs
 
 
 def row_importance(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],
@@ -182,7 +107,7 @@ def _loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, causal:
 
 
 @contextmanager
-def _hooks(modules: dict[str, tuple[nn.Module, bool]], make_hook) -> Iterator[None]:
+def hooks(modules: dict[str, tuple[nn.Module, bool]], make_hook) -> Iterator[None]:
     handles = [module.register_forward_pre_hook(make_hook(name)) for name, (module, _) in modules.items()]
     try:
         yield
