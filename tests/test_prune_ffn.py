@@ -217,7 +217,8 @@ def test_a_method_whose_layers_keep_the_same_units_refuses_an_allocation(tiny_mo
 
 @pytest.mark.parametrize("targets, message", [
     ("ffn-out", "has no ffn-in targeted: pass --targets ffn"),
-    ("attention,ffn", "prunes ffn-in, ffn-out and nothing else: target exactly those (--targets ffn), not q"),
+    ("attention,ffn", "prunes ffn-in, ffn-out and nothing else: target exactly those (--targets ffn), not "
+                     "attention-output, k, q, v"),
 ])
 def test_targets_beyond_or_short_of_the_block_are_refused_in_one_line(targets, message, capsys, tiny_model,
                                                                      small_calibration, tmp_path):
