@@ -6,9 +6,9 @@ sequentially against anchored targets with bias correction), FFN neurons pruned 
 ``(kept - 1/3) / (2/3)``), attention heads pruned (the attention keeps ``(kept - 2/3) / (1/3)``: n/a at 50%),
 and a mix (FFN neurons pruned, then the attention factorised on the pruned model, both at the budget's share);
 each with uniform ranks/widths and with ranks/widths allocated by measured sensitivity. Each is exported with
-``edgefold.exporter.export`` (fp32), then quantised to int8 on top (onnxruntime dynamic int8, as
-``--quantize int8``) into a copy of the folder; both are measured through their ONNX graphs in onnxruntime,
-against the original fp32 export and against the original quantised alone ("int8 alone"):
+``edgefold.exporter.export`` (fp32, unfused: ``GRAPH_CONFIG``), then quantised to int8 on top (onnxruntime
+dynamic int8, as ``--quantize int8``) into a copy of the folder; both are measured through their ONNX graphs in
+onnxruntime, against the original fp32 export and against the original quantised alone ("int8 alone"):
 
 - fidelity and retrieval on the shipped evaluation text (runtime/data/evaluation.txt, 1,225 lines) and on a
   second human-written domain, Python standard-library docstrings (``results/stdlib_docstrings.jsonl``, 867
@@ -28,6 +28,7 @@ against the original fp32 export and against the original quantised alone ("int8
     python benchmarks/layers_budget.py --list           # the variants (names for --only) and their settings
     python benchmarks/layers_budget.py --only prune-ffn,"svd-whitened+bias allocated 0.5"
                                                         # measure those rows, merge them into the results
+    python benchmarks/layers_budget.py --skip "svd-whitened-seq+bias allocated"    # all but those, afresh
     python benchmarks/layers_budget.py --render         # table and plot again from the JSON
     python benchmarks/layers_budget.py --results /tmp/lb --only "svd-whitened uniform 0.75"   # a trial
 
@@ -57,7 +58,7 @@ import numpy as np  # noqa: E402
 from ae_vs_svd import MODEL, quality  # noqa: E402
 from stdlib_text import RESULT as STDLIB_JSONL  # noqa: E402
 
-from edgefold.exporter import CompressionConfig, export  # noqa: E402
+from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
 from edgefold.exporter.graph.quantize import quantize  # noqa: E402
 from edgefold.exporter.methods import WhitenedOptions  # noqa: E402
 from edgefold.exporter.source.loading import resolve_model_path  # noqa: E402
@@ -78,11 +79,16 @@ CLUSTER = 5  # evaluation.txt: clusters of 5 lines, the first two a paraphrase p
 GOAL_COSINE = {0.75: 0.97, 0.5: 0.92}
 GOAL_SPEEDUP, GOAL_SPEEDUP_COSINE = 1.5, 0.95
 GOAL_FLOP_TOLERANCE = 0.10
+#: Graphs as exported, unfused: every variant and its int8 copy in the same form. ``optimize="auto"`` would pick a
+#: fusion set per graph by timing it (noisy on a shared machine), and its onnxruntime fusions are chosen for the
+#: precision of the export: EmbedLayerNormalization keeps the embedding table from int8 quantised on top (a 53 MB
+#: "int8" graph). onnxruntime still fuses at session start (ORT_ENABLE_ALL) what it can.
+GRAPH_CONFIG = GraphConfig(optimize="none")
 #: A row counts for a budget if it keeps at most this much more than the budget (rank/width rounding).
 BUDGET_SLACK = 0.005
 
-#: Families, in the order a run measures them within a budget. ``targets`` decides how hard each target is
-#: compressed for the same share of all encoder Linears (see ``ratio_for``).
+#: Families (``variants`` orders the rows by cost). ``targets`` decides how hard each target is compressed for the
+#: same share of all encoder Linears (see ``ratio_for``).
 FAMILIES: dict[str, dict] = {
     "svd-whitened": dict(method="svd-whitened", targets="attention,ffn"),
     "svd-whitened+bias": dict(method="svd-whitened", targets="attention,ffn", bias_correction=True),
@@ -94,9 +100,12 @@ FAMILIES: dict[str, dict] = {
     # pruned, then the attention factorised with whitened SVD and bias correction; every stage at the same ratio.
     "mix-prune-ffn+svd-whitened-attn": dict(method="prune-ffn", targets="ffn",
                                            then=dict(method="svd-whitened", targets="attention", bias_correction=True)),
+    # Both structured: FFN neurons pruned, then heads, fitted on the model with narrower FFNs.
+    "mix-prune-ffn+prune-heads": dict(method="prune-ffn", targets="ffn", then=dict(method="prune-heads",
+                                                                                  targets="attention")),
 }
 STRUCTURED = ("prune-ffn", "prune-heads")
-MIXES = ("mix-prune-ffn+svd-whitened-attn",)
+MIXES = ("mix-prune-ffn+prune-heads", "mix-prune-ffn+svd-whitened-attn")
 
 
 @dataclass(frozen=True)
@@ -196,20 +205,25 @@ def variants(geometry: Geometry) -> list[Variant]:
     return rows
 
 
-def select(all_variants: list[Variant], only: str | None) -> list[Variant]:
-    """``--only``: comma-separated names, each the first words of rows' names ("prune-ffn", "prune-ffn
-    allocated", "prune-ffn allocated 0.5")."""
-    if not only:
-        return all_variants
+def named(all_variants: list[Variant], names: str, flag: str) -> list[Variant]:
+    """Comma-separated names, each the first words of rows' names ("prune-ffn", "prune-ffn allocated",
+    "prune-ffn allocated 0.5")."""
     chosen = []
-    for term in (t.strip() for t in only.split(",") if t.strip()):
+    for term in (t.strip() for t in names.split(",") if t.strip()):
         words = term.split()
         matches = [v for v in all_variants if v.name.split()[:len(words)] == words]
         if not matches:
-            raise SystemExit(f"--only {term!r} names no variant; the variants are:\n  "
+            raise SystemExit(f"{flag} {term!r} names no variant; the variants are:\n  "
                              + "\n  ".join(v.name for v in all_variants))
         chosen += [v for v in matches if v not in chosen]
-    return [v for v in all_variants if v in chosen]
+    return chosen
+
+
+def select(all_variants: list[Variant], only: str | None, skip: str | None = None) -> list[Variant]:
+    """``--only`` these rows (all when None), less the ``--skip`` ones, in the run's order."""
+    chosen = named(all_variants, only, "--only") if only else all_variants
+    skipped = named(all_variants, skip, "--skip") if skip else []
+    return [v for v in all_variants if v in chosen and v not in skipped]
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -383,7 +397,7 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgefold-layers-budget-") as tmp:
         root = Path(tmp)
         original = root / "original"
-        export(str(model_path), original, CompressionConfig(method="none"), progress=False)
+        export(str(model_path), original, CompressionConfig(method="none"), GRAPH_CONFIG, progress=False)
         references = {d.name: embed(original, d) for d in data}
         int8 = quantized_copy(original, root / "original-int8")
         paths = {"original fp32": original / GRAPH, "int8 alone": int8 / GRAPH}
@@ -394,8 +408,8 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
             {"name": "int8 alone", "family": "original", "ranks": "-", "kept": 1.0, "precision": "int8",
              "params_kept": 1.0, "linear_flop_ratio": 1.0, "model_flop_ratio": 1.0, "fit_s": 0.0, "run": started,
              "int8": measure(int8, references, data)}]
-        result["baseline_s"] = round(time.perf_counter() - begun, 1)  # original exported, quantised, measured
-        print(f"original fp32 and int8 alone measured in {result['baseline_s']:.0f}s", flush=True)
+        seconds = result["seconds"] = {"baseline": round(time.perf_counter() - begun, 1)}  # exported, measured
+        print(f"original fp32 and int8 alone measured in {seconds['baseline']:.0f}s", flush=True)
         for variant in chosen:
             row = {"name": variant.name, "family": variant.family, "ranks": variant.ranks, "kept": variant.kept,
                    "ratio": variant.ratio, "targets": all_targets(variant.settings), "run": started}
@@ -409,7 +423,7 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
                 folder = root / re.sub(r"[^a-z0-9.]+", "-", variant.name.lower())
                 start = time.perf_counter()
                 try:
-                    manifest = export(str(model_path), folder, config, progress=False)
+                    manifest = export(str(model_path), folder, config, GRAPH_CONFIG, progress=False)
                 except EdgefoldError as error:  # a failed check: the row says so, the run goes on
                     row["error"] = str(error)
                     print(f"{variant.name}: export failed: {error}", flush=True)
@@ -429,7 +443,7 @@ def run(chosen: list[Variant], geometry: Geometry, rounds: int, save) -> dict:
             save(result)
         begun = time.perf_counter()
         times = latencies(paths, rounds)
-        result["latency_s"] = round(time.perf_counter() - begun, 1)
+        seconds["latency"] = round(time.perf_counter() - begun, 1)
     for row in result["rows"]:
         for precision in ("fp32", "int8"):
             key = row["name"] if row["family"] == "original" else f"{row['name']} | {precision}"
@@ -449,6 +463,11 @@ def add_latency(measured: dict, ms: dict[int, float], int8_alone: dict[int, floa
 # --- results ----------------------------------------------------------------------------------------------
 
 
+def _run_info(result: dict) -> dict:
+    return {"latency_rounds": result["latency_rounds"], "seconds": result.get("seconds"),
+            "variants": [r["name"] for r in result["rows"] if r["family"] != "original"]}
+
+
 def merge(previous: dict, new: dict, order: list[str]) -> dict:
     """``new``'s variant rows replace or join ``previous``'s; the baselines of ``previous`` stay (every row
     carries the int8-alone and fp32 latencies of its own run, which its ratios are to)."""
@@ -456,7 +475,9 @@ def merge(previous: dict, new: dict, order: list[str]) -> dict:
     rows.update({r["name"]: r for r in new["rows"] if r["family"] != "original" or r["name"] not in rows})
     position = {name: i for i, name in enumerate(["original fp32", "int8 alone", *order])}
     merged = {**previous, "rows": sorted(rows.values(), key=lambda r: position.get(r["name"], len(position)))}
-    merged["runs"] = sorted({*previous.get("runs", [previous.get("run")]), new["run"]} - {None})
+    runs = previous.get("runs")
+    runs = runs if isinstance(runs, dict) else {previous["run"]: _run_info(previous)}
+    merged["runs"] = {**runs, new["run"]: _run_info(new)}
     return merged
 
 
@@ -533,7 +554,8 @@ def write_table(result: dict, path: Path) -> None:
         f"Model FLOPs: MACs per token at {result['tokens']} tokens = Linear parameters + sum over layers of "
         f"2 x {result['tokens']} x the attention width (scores and context; pruned heads narrow it); norms, "
         "activations, softmax and the embedding lookup left out. int8: onnxruntime dynamic int8 (`--quantize "
-        "int8`) of each exported graph; int8 alone: the original quantised.",
+        "int8`) of each exported graph; int8 alone: the original quantised. Graphs are exported unfused "
+        "(`--optimize none`: the same form for every variant; onnxruntime fuses at session start).",
         "",
         f"Quality: mean-pooled sentence embeddings of each ONNX graph against the original fp32 graph, on "
         f"`runtime/data/evaluation.txt` ({result['domains']['evaluation']} lines; recall@1: the first line of each "
@@ -576,7 +598,7 @@ def write_table(result: dict, path: Path) -> None:
                 f"{s['top1_agreement']:.3f} | {m['bytes'] / 2**20:.1f} | "
                 f"{_f(m.get('latency_ms', {}).get('1'), '.1f')} | {_f(ratio.get('1'), '.2f')} | "
                 f"{_f(ratio.get('2'), '.2f')} | {m['peak_rss_mb']:.0f} | {_f(row.get('fit_s'), '.0f')} |")
-    runs = result.get("runs") or [result["run"]]
+    runs = list(result.get("runs") or [result["run"]])
     lines += ["", f"Runs: {', '.join(runs)} (rows measured by `--only` carry the ratios of their own run).",
               "", "Reproduce: `python benchmarks/layers_budget.py`", ""]
     path.write_text("\n".join(lines))
@@ -644,10 +666,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated variant names (or their first words) to measure and merge "
                                        "into the results; the baselines are measured again for the ratios")
+    parser.add_argument("--skip", help="comma-separated variant names (or their first words) to leave out (without "
+                                       "--only: a full run without them, not merged)")
     parser.add_argument("--results", type=Path, default=Path(os.environ.get("EDGEFOLD_BENCH_RESULTS",
                                                                             DEFAULT_RESULTS)),
                         help="directory of layers_budget.{json,md,png} (default: benchmarks/results)")
-    parser.add_argument("--rounds", type=int, default=40, help="latency rounds per thread count")
+    parser.add_argument("--rounds", type=int, default=60, help="latency rounds per thread count")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument("--render", action="store_true", help="write the table and plot again from the JSON")
     args = parser.parse_args()
@@ -661,7 +685,7 @@ def main() -> None:
     if args.render:
         render(json.loads(json_path.read_text()), args.results)
         return
-    chosen = select(all_variants, args.only)
+    chosen = select(all_variants, args.only, args.skip)
     for variant in chosen:  # every config is checked (method known, options valid) before any work
         if variant.ratio is not None:
             variant.config()

@@ -96,9 +96,12 @@ def _onnxruntime(source: Path, target: Path, model_type: str, config, quantize: 
     options = FusionOptions(model_type)
     options.enable_embed_layer_norm = quantize == "none"
     options.enable_attention = quantize != "int4"
+    # Pruned heads leave each layer its own count: 0 lets the fusion read every layer's from the graph.
+    pruned = bool(getattr(config, "pruned_heads", None))
+    heads, hidden = (0, 0) if pruned else (config.num_attention_heads, config.hidden_size)
     # opt_level 0: only the transformer fusions; the session applies onnxruntime's own passes at load anyway.
-    optimized = optimize_model(str(source), model_type=model_type, num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, optimization_options=options, opt_level=0)
+    optimized = optimize_model(str(source), model_type=model_type, num_heads=heads, hidden_size=hidden,
+                               optimization_options=options, opt_level=0)
     optimized.save_model_to_file(str(target))
 
 
