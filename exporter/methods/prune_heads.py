@@ -28,12 +28,6 @@ class PruneHeads(StructuredMethod):
     reader_kind = "attention-output"
     unit_name = "head"
 
-    def check_model(self, model: nn.Module) -> None:
-        """Nothing is refused. A GPT-2 causal LM, whose config sizes its KV cache as ``n_head`` heads of
-        ``n_embd // n_head`` values, is exported with a cache of each layer's kept heads, the heads axis of the
-        cache inputs symbolic so that optimum's first, empty cache of ``n_head`` heads still fits
-        (``onnx.export``)."""
-
     def same_units_every_layer(self, model: nn.Module) -> bool:
         """Whether every layer must keep the same number of units: a Llama-family config holds one key/value
         head count, which optimum reads to shape every layer's cache."""
