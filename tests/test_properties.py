@@ -57,11 +57,12 @@ def test_option_strings_give_checked_options_or_one_line(method, options):
 def test_a_config_takes_only_its_methods_options(method, options):
     expected = None if method == NO_COMPRESSION else METHODS[method].options_type
     instance = None if options is None else options()
+    targets = ",".join(getattr(METHODS.get(method), "block_kinds", ["attention"]))  # a structured method's own
     if options is None or options is expected:
-        assert CompressionConfig(method=method, targets="attention", options=instance).options is instance
+        assert CompressionConfig(method=method, targets=targets, options=instance).options is instance
     else:
         try:
-            CompressionConfig(method=method, targets="attention", options=instance)
+            CompressionConfig(method=method, targets=targets, options=instance)
         except EdgefoldError as error:
             assert options.__name__ in str(error)
         else:
