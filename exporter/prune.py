@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from edgefold.exporter.bias import corrected_bias
 from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.sequential import layer_of
 from edgefold.exporter.calibration.statistics import collect_statistics
@@ -128,8 +129,7 @@ def repair(weight: torch.Tensor, moments: torch.Tensor, mean: torch.Tensor, colu
     solved = torch.linalg.solve(kept, matrix[columns] @ weight.T).T  # W C[:, S] C[S, S]^-1 (C symmetric)
     if not centred:
         return solved, bias
-    base = torch.zeros(len(weight), dtype=torch.float64) if bias is None else bias.double()
-    return solved, base + weight @ mean - solved @ mean[columns]
+    return solved, corrected_bias(weight, solved, bias, mean[columns], anchor_mean=mean)
 
 
 def output_error(weight: torch.Tensor, moments: torch.Tensor, mean: torch.Tensor, columns: torch.Tensor,
@@ -188,6 +188,8 @@ class _BlockUnits:
     def sensitivity(self, model: nn.Module, method: StructuredMethod, scorer: ValidationScorer) -> Sensitivity:
         """Fidelity lost on validation text with this block alone at each candidate width. The reader with the
         dropped units' columns zeroed computes exactly what the pruned block would, so one module is swapped."""
+        if self.params % len(self.units):
+            raise ValueError(f"the units of {self.block.layer} differ in size: widths cannot be counted in units")
         reader = model.get_submodule(self.block.reader)
         widths = candidate_widths(len(self.units), self.multiple)
         losses = []
@@ -200,8 +202,6 @@ class _BlockUnits:
             if new_bias is not None:
                 stand_in.bias.data = new_bias.float()
             losses.append(1.0 - scorer.with_module(self.block.reader, method.reader_kind, reader, stand_in))
-        if self.params % len(self.units):
-            raise ValueError(f"the units of {self.block.layer} differ in size: widths cannot be counted in units")
         per_unit = self.params // len(self.units)
         return Sensitivity(self.block.layer, len(self.units), per_unit, widths, losses, per_rank=per_unit)
 
