@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -22,14 +25,16 @@ from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.optimize import optimize
 from edgefold.exporter.graph.steps import GraphInputs, convert_to_ort, quantize_graph
-from edgefold.exporter.methods import LowRankFactors
+from edgefold.exporter.methods import NO_COMPRESSION, LowRankFactors
 from edgefold.exporter.nn.layers import LowRankEmbedding
 from edgefold.exporter.nn.swap import tied_head
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
 from edgefold.exporter.source.architectures import spec_for
-from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
+from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
+from edgefold.exporter.sparsity import SparsityConfig, sparsify_, zipped_bytes
+from edgefold.exporter.sparsity.training import check_labels
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
 
@@ -40,7 +45,8 @@ DEFAULT_PARITY_ATOL = 1e-3
 def export(model: str | Path, output_dir: str | Path, config: CompressionConfig | None = None,
            graph: GraphConfig | None = None, *, task: str = "auto", overwrite: bool = False,
            trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True,
-           calibration: Calibration | None = None, fitted: Mapping[str, LowRankFactors] | None = None) -> dict:
+           calibration: Calibration | None = None, fitted: Mapping[str, LowRankFactors] | None = None,
+           sparsity: SparsityConfig | None = None) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
     ``graph`` says what happens to the folded graph after its parity check against torch (see
@@ -50,9 +56,16 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     ``calibration`` replaces ``config.calibration``'s text (a search passes its fit split); ``fitted`` gives
     the factors of some modules of ``config.plan``, fitted before (see :func:`compress_`).
+
+    ``sparsity`` finds a sub-network instead of compressing (``edgefold prune``): its masks are written beside the
+    graph, and the manifest says what they cost to download. IMP keeps its levels in a folder beside
+    ``output_dir`` until the export succeeds, so that a run that stops resumes from its last level.
     """
     graph = graph or GraphConfig()
-    config = graph.adapt(config or CompressionConfig())
+    if sparsity is not None and config is not None and config.method != NO_COMPRESSION:
+        raise EdgefoldError("a sub-network is pruned from the original weights: not combined with --method "
+                            f"{config.method}")
+    config = graph.adapt(config or CompressionConfig(method=NO_COMPRESSION if sparsity else "svd"))
     output_dir = Path(output_dir)
     if not (isinstance(parity_atol, (int, float)) and 0 <= parity_atol < math.inf):
         raise EdgefoldError(f"the parity tolerance must be a finite number of 0 or more (got {parity_atol!r})")
@@ -62,6 +75,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     step = _Steps(progress, total=5 + len(graph.steps))
     source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
+    if sparsity is not None and sparsity.labels is not None:
+        check_labels(source.config, source.task, list(sparsity.labels))
     if calibration is None and config.needs_calibration:
         calibration = Calibration.load(config.calibration)
 
@@ -75,10 +90,18 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     reference = torch_outputs(network, batches)
     params_before = _count_params(network)
 
-    step("compress", f"compressing as planned ({config.plan.describe()})" if config.plan else
-         f"compressing with {config.method} at ratio {config.ratio:g}")
-    records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress,
-                        fitted=fitted)
+    subnetwork, checkpoints = None, _checkpoints_folder(output_dir)
+    if sparsity is not None:
+        step("compress", f"finding a sub-network ({sparsity.method}"
+             + (f", sparsity {sparsity.sparsity:g})" if sparsity.sparsity else f", {sparsity.mask})"))
+        subnetwork = sparsify_(network, sparsity, tokenizer, source=source.name, checkpoints_folder=checkpoints,
+                               fingerprint=_fingerprint(source, sparsity), progress=progress)
+        records = []
+    else:
+        step("compress", f"compressing as planned ({config.plan.describe()})" if config.plan else
+             f"compressing with {config.method} at ratio {config.ratio:g}")
+        records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress,
+                            fitted=fitted)
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
@@ -106,13 +129,31 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
             step("ort", "writing the onnxruntime mobile format (.ort) and its operator list")
             done["ort_format"] = convert_to_ort(onnx_path, inputs)
 
+        if subnetwork is not None:
+            subnetwork.write(staging)
+            done["sparsity"] = {**subnetwork.describe(), "graph_bytes": sum(f.stat().st_size for f in files),
+                                "graph_zipped_bytes": zipped_bytes(files)}
         step("manifest", "writing the manifest")
         manifest = build_manifest(source, config, records, model_params=(params_before, _count_params(network)),
                                   files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
                                   calibration=calibration.as_dict() if calibration else None, graph=done,
                                   seconds=step.timings())
         write_manifest(staging, manifest)
+    if subnetwork is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the levels are in the folder now
     return manifest
+
+
+def _checkpoints_folder(output_dir: Path) -> Path:
+    """Beside the output folder, as its staging folder is: IMP's levels while the run is unfinished."""
+    return output_dir.absolute().parent / f".{output_dir.name[:32]}.imp-levels"
+
+
+def _fingerprint(source: SourceModel, sparsity: SparsityConfig) -> str:
+    """Names the run a checkpoint folder belongs to: the weights, the settings and the text."""
+    described = json.dumps([source.weights_sha256(), source.task, sparsity.describe(), sparsity.texts,
+                            sparsity.labels], sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()
 
 
 def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records) -> tuple[Path, list[Path], int]:

@@ -86,6 +86,8 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         "optimization": graph.get("optimization"),
         "quantization": graph.get("quantization"),
         "ort_format": graph.get("ort_format"),
+        # edgefold prune: the sub-network's masks, how they were found, and the bytes it takes to download
+        "sparsity": graph.get("sparsity"),
         "seconds": seconds,
         "versions": package_versions(),
     }
@@ -111,7 +113,9 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 def format_summary(manifest: dict, output_dir: Path) -> str:
     """What was gained and what was lost, in a few lines."""
-    t, par, fid = manifest["totals"], manifest["parity"], manifest["fidelity"]
+    if manifest.get("sparsity"):
+        return _subnetwork_summary(manifest, output_dir)
+    t = manifest["totals"]
     storage, pruned = t.get("modules_storage_compressed"), t.get("modules_pruned")
     lines = [
         f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
@@ -129,13 +133,44 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         f"({_ratio(t['model_params_before'], t['model_params_after'])})",
         f"  bytes on disk     {t['bytes_before']:>12,} -> {t['bytes_after']:>12,} "
         f"({_ratio(t['bytes_before'], t['bytes_after'])})",
-        f"  fidelity to the original ({fid['compared']}, {fid['items']} items): "
-        f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
-        f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok",
+        *_check_lines(manifest),
     ]
     if manifest.get("allocation") == "sensitivity":
         lines.append("  ranks allocated by sensitivity (module: rank, kept units, or dense):")
         lines += [f"    {m['name']}: {_allocated(m)}" for m in manifest["modules"]]
+    return "\n".join(lines + _graph_lines(manifest))
+
+
+def _check_lines(manifest: dict) -> list[str]:
+    fid, par = manifest["fidelity"], manifest["parity"]
+    return [f"  fidelity to the original ({fid['compared']}, {fid['items']} items): "
+            f"mean cosine {fid['mean_cosine']:.4f}, min {fid['min_cosine']:.4f}",
+            f"  parity ONNX vs torch: max abs diff {par['max_abs_diff']:.2e} (tolerance {par['atol']:.0e}) ok"]
+
+
+def _subnetwork_summary(manifest: dict, output_dir: Path) -> str:
+    found = manifest["sparsity"]
+    how = found["method"] + (f" ({found['mask']})" if found.get("mask") else "")
+    training = found["training"]
+    trained = (f"; {len(found['rounds'])} round(s) of {found['steps']} training steps "
+               f"({found['objective']}), rewound each round" if found["rounds"] else "")
+    if training.get("steps"):
+        trained += f"; then {training['steps']} training steps ({found['objective']})"
+    lines = [
+        f"exported {manifest['source']['model']} ({manifest['task']}) -> {output_dir}",
+        f"  sub-network: {how}, {found['weights_pruned']:,} of {found['weights_targeted']:,} weights pruned "
+        f"({found['sparsity_measured']:.1%}) in {', '.join(found['targets'])}{trained}",
+        "  masks: mask.safetensors" + (f", masks/ ({len(found['levels'])} levels)" if found["levels"] else ""),
+        f"  bytes on disk     {found['graph_bytes']:>12,} (as dense: onnxruntime's CPU kernels multiply the zeros;"
+        " memory and latency are unchanged)",
+        f"  zipped download   {found['graph_zipped_bytes']:>12,} ({_ratio(found['graph_bytes'], found['graph_zipped_bytes'])})",
+        *_check_lines(manifest),
+    ]
+    return "\n".join(lines + _graph_lines(manifest))
+
+
+def _graph_lines(manifest: dict) -> list[str]:
+    lines = []
     optimization = manifest.get("optimization")
     if optimization and optimization["mode"] != "none":
         kept = optimization["chosen"]
@@ -156,7 +191,7 @@ def format_summary(manifest: dict, output_dir: Path) -> str:
         lines.append(f"  mobile format: {ort_format['file']} ({ort_format['bytes']:,} bytes) and "
                      f"{ort_format['operators_config']}; max abs diff to the .onnx graph "
                      f"{ort_format['max_abs_diff_vs_onnx']:.2e}")
-    return "\n".join(lines)
+    return lines
 
 
 def _plan_line(manifest: dict) -> str:

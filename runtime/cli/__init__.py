@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 
 from ..errors import EdgefoldError, GateFailure, one_line
-from . import bench, export, package, probes, report, validate
+from . import bench, export, package, probes, prune, report, validate
 from .args import Parser
 
 EPILOG = ("The flow: export (needs edgefold[export]), then bench and validate on any machine, pack for a device, "
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_parser(commands)
     package.add_parsers(commands)
     report.add_parser(commands)
+    prune.add_parsers(commands)
     return parser
 
 
