@@ -56,24 +56,26 @@ def collect_statistics(model: PreTrainedModel, modules: dict[str, tuple[nn.Modul
 @torch.no_grad()
 def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],
                   progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``(E[x x^T], E[x])`` of each module's input over the real tokens of ``batches`` (float64)."""
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {name: None for name in modules}
+    """``(E[x x^T], E[x])`` of each module's input over the real tokens of ``batches`` (float64); a module fed one
+    vector per text (BERT's pooler reads the first token) averages over texts."""
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor, int] | None] = {name: None for name in modules}
     mask: torch.Tensor | None = None
 
     def hook(name: str):
         def accumulate(_module, inputs) -> None:
-            x = inputs[0][mask].float()  # real tokens only, (tokens, cols)
+            x = inputs[0]
+            x = (x[mask] if x.dim() == 3 else x).float()  # real tokens only, (tokens, cols)
             product, total = (x.T @ x).double(), x.sum(dim=0).double()  # a batch in float32, the sums in float64
-            sums[name] = (product, total) if sums[name] is None else (sums[name][0] + product, sums[name][1] + total)
+            found = sums[name]
+            sums[name] = (product, total, len(x)) if found is None else \
+                (found[0] + product, found[1] + total, found[2] + len(x))
         return accumulate
 
-    tokens = 0
     with hooks(modules, hook):
         for batch in tqdm(batches, desc="input moments", unit="batch", disable=not progress, leave=False):
             mask = torch.from_numpy(batch.attention_mask).bool()
             model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
-            tokens += int(mask.sum())
-    return {name: (product / tokens, total / tokens) for name, (product, total) in sums.items()}
+    return {name: (product / count, total / count) for name, (product, total, count) in sums.items()}
 
 
 def row_importance(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -75,8 +76,9 @@ class SparsityConfig:
         """IMP's levels: ``round_share``, twice it, ... up to ``sparsity`` (the last level exactly it)."""
         if self.method != "imp":
             return [self.sparsity] if self.sparsity is not None else []
-        count = math.ceil(self.sparsity / self.round_share - 1e-9)
-        return [round(min((k + 1) * self.round_share, self.sparsity), 9) for k in range(count)]
+        below = itertools.takewhile(lambda level: level < self.sparsity - 1e-9,
+                                    (round(k * self.round_share, 9) for k in itertools.count(1)))
+        return [*below, self.sparsity]
 
     def describe(self) -> dict:
         return {"method": self.method, "sparsity": self.sparsity, "mask": self.mask, "steps": self.training_steps,

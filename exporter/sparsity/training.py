@@ -54,7 +54,7 @@ class MaskedTrainer:
                     loss.backward()
                     optimiser.step()
                     apply_masks(self.prunables, masks)
-                    losses.append(float(loss))
+                    losses.append(loss.item())
         finally:
             self.model.eval()
         return {"steps": steps, "loss_first": losses[0], "loss_last": losses[-1],
