@@ -508,6 +508,24 @@ def test_a_pruned_xlm_roberta_exports_with_parity(tiny_model, tmp_path):
     _check_export(folder, model, tokenizer, 0.5)
 
 
+@pytest.mark.parametrize("kind", ["gpt2-text-generation", "llama-text-generation"])
+def test_causal_lms_prune_with_wanda_and_export_with_parity(tiny_model, tmp_path, kind):
+    """GPT-2 stores its Linears transposed (Conv1D) and fuses Q, K and V; Llama has a gated FFN and no pooler."""
+    folder = tmp_path / kind
+    assert main(["prune", str(tiny_model(kind)), str(folder), "--method", "wanda", "--sparsity", "0.5",
+                 "--optimize", "none", "--quiet"]) == 0
+    manifest = json.loads((folder / "edgefold.json").read_text())
+    model, _ = _load(tiny_model, kind)
+    targets = prunable_weights(model)
+    found = read_masks(folder / "mask.safetensors")
+    assert set(found.masks) == {p.key for p in targets} and "pooler" not in manifest["sparsity"]["targets"]
+    for prunable in targets:  # Wanda: the same share of every output row
+        rows = found.masks[prunable.key].T if prunable.transposed else found.masks[prunable.key]
+        assert (rows.sum(axis=1) == rows.shape[1] - round(0.5 * rows.shape[1])).all(), prunable.key
+    assert manifest["parity"]["max_abs_diff"] <= 1e-3
+    assert manifest["sparsity"]["weights_pruned"] == found.total - found.kept
+
+
 def test_an_imp_export_writes_every_level_and_leaves_no_checkpoints(tiny_model, imp_export):
     model, tokenizer = _load(tiny_model, "bert-text-classification")
     found, manifest, _ = _check_export(imp_export, model, tokenizer, 0.2, trained=True)

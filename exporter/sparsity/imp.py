@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,9 @@ def lottery_ticket(model: PreTrainedModel, prunables: list[Prunable], trainer: M
     record. The model is left rewound under the last mask (the ticket, untrained)."""
     pretrained = {name: p.detach().clone() for name, p in base_parameters(model).items()}
     levels, rounds = checkpoints.resume(model, prunables)
+    if levels and trainer.progress:
+        print(f"edgefold: resuming the lottery ticket after level {len(levels)} of {len(schedule)} "
+              f"({checkpoints.folder})", file=sys.stderr)
     masks = levels[-1] if levels else {p.key: torch.ones_like(p.weight, dtype=torch.bool) for p in prunables}
     for level, sparsity in enumerate(schedule[len(levels):], start=len(levels) + 1):
         started = time.perf_counter()

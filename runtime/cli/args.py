@@ -70,3 +70,15 @@ def option(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name.strip().replace("-", "_"), value.strip()
+
+
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    """What every command that writes an exported folder takes: seed, parity, overwrite, remote code, quiet."""
+    parser.add_argument("--seed", type=whole(0), default=0)
+    parser.add_argument("--parity-atol", type=non_negative, default=None,
+                        help="largest ONNX-vs-torch difference accepted (default 1e-3)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT_DIR if edgefold wrote it (it holds an edgefold.json) or it is empty")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model's own Python code to run (only for models you trust)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")

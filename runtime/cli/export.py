@@ -92,14 +92,7 @@ def add_parser(commands) -> None:
     export.add_argument("--format", dest="formats", default="onnx",
                         help="onnx, or onnx,ort to also write onnxruntime's mobile format (.ort) and the "
                              "operator list for a reduced-size build")
-    export.add_argument("--seed", type=flags.whole(0), default=0)
-    export.add_argument("--parity-atol", type=flags.non_negative, default=None,
-                        help="largest ONNX-vs-torch difference accepted (default 1e-3)")
-    export.add_argument("--overwrite", action="store_true",
-                        help="replace OUTPUT_DIR if edgefold wrote it (it holds an edgefold.json) or it is empty")
-    export.add_argument("--trust-remote-code", action="store_true",
-                        help="allow a model's own Python code to run (only for models you trust)")
-    export.add_argument("--quiet", action="store_true", help="no progress output")
+    flags.add_export_flags(export)
     export.set_defaults(run=run)
 
 

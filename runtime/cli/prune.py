@@ -51,14 +51,7 @@ def add_parsers(commands) -> None:
                        help="after the fold: int8 dynamic or 4-bit weights (zeros stay zeros: they still zip)")
     prune.add_argument("--optimize", default="auto", help="graph fusions: auto, onnxruntime, onnxscript or none")
     prune.add_argument("--format", dest="formats", default="onnx", help="onnx, or onnx,ort")
-    prune.add_argument("--seed", type=flags.whole(0), default=0)
-    prune.add_argument("--parity-atol", type=flags.non_negative, default=None,
-                       help="largest ONNX-vs-torch difference accepted (default 1e-3)")
-    prune.add_argument("--overwrite", action="store_true",
-                       help="replace OUTPUT_DIR if edgefold wrote it (it holds an edgefold.json) or it is empty")
-    prune.add_argument("--trust-remote-code", action="store_true",
-                       help="allow a model's own Python code to run (only for models you trust)")
-    prune.add_argument("--quiet", action="store_true", help="no progress output")
+    flags.add_export_flags(prune)
     prune.set_defaults(run=run_prune)
 
     masks = commands.add_parser("masks", help="compare sub-network masks")
