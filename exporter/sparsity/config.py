@@ -84,7 +84,8 @@ class SparsityConfig:
         return {"method": self.method, "sparsity": self.sparsity, "mask": self.mask, "steps": self.training_steps,
                 "round_share": self.round_share if self.method == "imp" else None, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "seed": self.seed,
-                "objective": "task loss" if self.labels else "distillation to the dense model"}
+                "objective": None if not self.training_steps else
+                ("task loss" if self.labels else "distillation to the dense model")}
 
 
 def _share(value) -> bool:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
+from edgefold.exporter.onnx.export import task_of_model
 from edgefold.exporter.sparsity.select import Masks
 from edgefold.exporter.sparsity.targets import Prunable
 from edgefold.runtime import EdgefoldError
@@ -109,8 +110,6 @@ def check_labels(config, task: str, labels: list[str]) -> dict[str, int]:
 
 
 def _label_ids(model: PreTrainedModel, labels: list[str], batch_size: int) -> list[torch.Tensor]:
-    from edgefold.exporter.onnx.export import task_of_model
-
     known = check_labels(model.config, task_of_model(model), labels)
     ids = torch.tensor([known[label] for label in labels])
     return [ids[start:start + batch_size] for start in range(0, len(ids), batch_size)]
