@@ -63,10 +63,6 @@ class Checkpoints:
         temporary.write_text(json.dumps({"fingerprint": self.fingerprint, "levels_done": level, "rounds": rounds}))
         temporary.replace(self.folder / STATE)  # the state names a level only once its files are complete
 
-    def remove(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
     def _state(self) -> dict | None:
         if self.folder is None or not (self.folder / STATE).is_file():
             return None
