@@ -51,9 +51,9 @@ from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.source.loading import resolve_model_path
 from edgefold.exporter.sparsity import SparsityConfig
 from edgefold.exporter.sparsity.imp import Checkpoints, lottery_ticket
-from edgefold.exporter.sparsity.masks import MaskSet
 from edgefold.exporter.sparsity.overlap import pair_overlap
 from edgefold.exporter.sparsity.select import global_magnitude, random_like, wanda
+from edgefold.exporter.sparsity.sparsify import input_norms, mask_set
 from edgefold.exporter.sparsity.targets import prunable_weights
 from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
 
@@ -131,11 +131,6 @@ class Subject:
         return {p.key: p.weight for p in self.prunables}
 
 
-def as_numpy(masks: dict[str, torch.Tensor], subject: Subject, info: dict) -> MaskSet:
-    return MaskSet({p.key: masks[p.key].numpy() for p in subject.prunables},
-                   {p.key: {"kind": p.kind, "layer": p.layer} for p in subject.prunables}, info)
-
-
 def imp_levels(subject: Subject, texts: list[str], labels: list[str] | None, steps: int, top: float) -> tuple:
     """IMP to ``top`` sparsity in rounds of 10%; (mask per level, round records)."""
     trainer = subject.trainer(texts, labels)
@@ -146,15 +141,11 @@ def imp_levels(subject: Subject, texts: list[str], labels: list[str] | None, ste
 
 
 def wanda_levels(subject: Subject, texts: list[str]) -> dict[float, dict[str, torch.Tensor]]:
-    from edgefold.exporter.calibration.batches import tokenize
-    from edgefold.exporter.calibration.statistics import input_moments
-
+    """Wanda's mask at every level, from one measurement of the input norms."""
     subject.reset()
-    batches = tokenize(subject.tokenizer, [subject.prefix + t for t in texts], 128, batch_size=32)
-    moments = input_moments(subject.model, {p.key: (p.module, p.transposed) for p in subject.prunables}, batches,
-                            progress=False)
-    return {s: {p.key: wanda(p.weight, moments[p.key][0].diagonal().sqrt(), s, p.transposed)
-                for p in subject.prunables} for s in LEVELS}
+    norms = input_norms(subject.model, subject.prunables, subject.tokenizer, [subject.prefix + t for t in texts],
+                        progress=False)
+    return {s: {p.key: wanda(p.weight, norms[p.key], s, p.transposed) for p in subject.prunables} for s in LEVELS}
 
 
 def fidelity(subject: Subject, texts: list[str], dense: np.ndarray) -> float:
@@ -170,7 +161,7 @@ def trained_fidelity(subject: Subject, masks, fit: list[str], test: list[str], d
 
 
 def jaccard(a: dict, b: dict, subject: Subject) -> float:
-    return pair_overlap(as_numpy(a, subject, {}), as_numpy(b, subject, {}))["jaccard"]
+    return pair_overlap(mask_set(a, subject.prunables, {}), mask_set(b, subject.prunables, {}))["jaccard"]
 
 
 def chance_jaccard(sparsity: float) -> float:

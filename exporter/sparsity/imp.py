@@ -101,7 +101,8 @@ def lottery_ticket(model: PreTrainedModel, prunables: list[Prunable], trainer: M
                        **training})
         levels.append(masks)
         _rewind(model, pretrained, prunables, masks)
-        head = {name: p for name, p in model.named_parameters() if name not in _prefixed(model, pretrained)}
+        base = {id(p) for p in base_parameters(model).values()}
+        head = {name: p for name, p in model.named_parameters() if id(p) not in base}
         checkpoints.save(level, masks, head, rounds)
         if on_level is not None:
             on_level(level)
@@ -115,10 +116,3 @@ def _rewind(model: PreTrainedModel, pretrained: dict[str, torch.Tensor], prunabl
     for name, parameter in base_parameters(model).items():
         parameter.copy_(pretrained[name])
     apply_masks(prunables, masks)
-
-
-def _prefixed(model: PreTrainedModel, pretrained: dict[str, torch.Tensor]) -> set[str]:
-    """The base model's parameter names as ``model.named_parameters`` spells them."""
-    base = getattr(model, "base_model", model)
-    prefix = next((name for name, module in model.named_modules() if module is base), "")
-    return {f"{prefix}.{name}" if prefix else name for name in pretrained}

@@ -93,7 +93,7 @@ def sparsify_(model: PreTrainedModel, config: SparsityConfig, tokenizer: PreTrai
     def as_mask_set(masks: Masks, level: int | None = None) -> MaskSet:
         info = {"method": config.method, "model": source, "seed": config.seed, "level": level,
                 "objective": trainer.objective if trainer else None}
-        return _mask_set(masks, prunables, info)
+        return mask_set(masks, prunables, info)
 
     levels, rounds = [], []
     if config.method == "imp":
@@ -121,13 +121,20 @@ def _one_shot(model: PreTrainedModel, prunables: list[Prunable], config: Sparsit
         return uniform_random({p.key: p.weight.shape for p in prunables}, config.sparsity, config.seed)
     if config.method == "magnitude":
         return global_magnitude({p.key: p.weight for p in prunables}, config.sparsity)
+    norms = input_norms(model, prunables, tokenizer, texts, progress)
+    return {p.key: wanda(p.weight, norms[p.key], config.sparsity, p.transposed) for p in prunables}
+
+
+def input_norms(model: PreTrainedModel, prunables: list[Prunable], tokenizer: PreTrainedTokenizerBase,
+                texts: list[str], progress: bool = True) -> dict[str, torch.Tensor]:
+    """Wanda's ||X_j||, up to a factor per weight that no row's order depends on: the root of E[x_j^2] of each
+    prunable weight's input over ``texts``."""
     batches = tokenize(tokenizer, texts, max_text_length(model), batch_size=STATISTICS_BATCH)
     moments = input_moments(model, {p.key: (p.module, p.transposed) for p in prunables}, batches, progress)
-    return {p.key: wanda(p.weight, moments[p.key][0].diagonal().sqrt(), config.sparsity, p.transposed)
-            for p in prunables}
+    return {key: second.diagonal().sqrt() for key, (second, _) in moments.items()}
 
 
-def _mask_set(masks: Masks, prunables: list[Prunable], info: dict) -> MaskSet:
+def mask_set(masks: Masks, prunables: list[Prunable], info: dict) -> MaskSet:
     return MaskSet({p.key: masks[p.key].numpy() for p in prunables},
                    {p.key: {"kind": p.kind, "layer": p.layer} for p in prunables}, info)
 
