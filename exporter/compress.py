@@ -13,12 +13,13 @@ from transformers import PreTrainedTokenizerBase
 from edgefold.exporter.bias import correct_bias_
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
 from edgefold.exporter.calibration.corpus import Calibration
-from edgefold.exporter.calibration.sequential import LayerwiseActivations, forward_stages
-from edgefold.exporter.calibration.statistics import STATISTICS_BATCH, collect_statistics
+from edgefold.exporter.calibration.sequential import LayerwiseActivations, forward_stages, layer_of
+from edgefold.exporter.calibration.statistics import STATISTICS_BATCH, MomentSums, collect_statistics, hooks
+from edgefold.exporter.calibration.streaming import LayerStream
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import FitContext, GroupMethod, LowRankFactors, Method, TruncatedSVD
-from edgefold.exporter.methods.base import INPUT_MEAN
+from edgefold.exporter.methods.base import INPUT_MEAN, INPUT_MOMENTS, ROW_IMPORTANCE
 from edgefold.exporter.methods.frequency import fit_frequency_aware
 from edgefold.exporter.methods.structured import StructuredMethod
 from edgefold.exporter.nn.swap import (
@@ -42,6 +43,7 @@ from edgefold.exporter.source.architectures import (
     ArchitectureSpec,
     spec_for,
 )
+from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.runtime import EdgefoldError
 
 
@@ -70,16 +72,9 @@ def _compress_stage(model: nn.Module, config: CompressionConfig, tokenizer: PreT
     method = config.build_method()
     if method is None:  # --method none
         return []
-    selected = select_modules(model, spec, config.targets)
-    if config.plan is not None:
-        config.plan.check(model)
-        selected = [entry for entry in selected if entry[0] in config.plan.modules]
-        if not selected:
-            return []
+    selected = _select(model, spec, config, method)
     if not selected:
-        raise EdgefoldError(f"no module of this {spec.name} model matches the targets {sorted(config.targets)}")
-    for _, module, kinds in selected:
-        method.check_module(kinds[0], tied=tied_head(model, module) is not None)
+        return []
     if isinstance(method, GroupMethod):
         means = _input_means(model, spec, config, selected, tokenizer, calibration, progress)
         return _compress_groups(model, spec, config, method, selected, means, progress)
@@ -102,6 +97,99 @@ def _compress_stage(model: nn.Module, config: CompressionConfig, tokenizer: PreT
     return [records[name] for name, _, _ in selected]
 
 
+def _select(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig,
+            method: Method) -> list[tuple[str, nn.Module, tuple]]:
+    """The modules the config (or its plan) compresses, each checked against the method; none matching the
+    targets is refused, a plan may leave nothing to do."""
+    selected = select_modules(model, spec, config.targets)
+    if config.plan is not None:
+        config.plan.check(model)
+        selected = [entry for entry in selected if entry[0] in config.plan.modules]
+        if not selected:
+            return []
+    if not selected:
+        raise EdgefoldError(f"no module of this {spec.name} model matches the targets {sorted(config.targets)}")
+    for _, module, kinds in selected:
+        method.check_module(kinds[0], tied=tied_head(model, module) is not None)
+    return selected
+
+
+def check_streamable(config: CompressionConfig, fitted: Mapping[str, LowRankFactors] | None = None) -> None:
+    """Refuse, in one line and before any work, what a layer-streamed run cannot do: anything that needs the
+    whole model at once. Per-module fits on input moments and means (``svd``, ``svd-whitened``, bias correction)
+    are what it runs."""
+    method = config.build_method()
+    reasons = [
+        (isinstance(method, GroupMethod), f"method {config.method} fits the matrices of all layers together"),
+        (isinstance(method, StructuredMethod), f"method {config.method} measures what to prune on the whole model"),
+        (method is not None and method.sequential, "a sequential fit runs the original and the compressed model "
+         "side by side"),
+        (method is not None and ROW_IMPORTANCE in method.needs, f"method {config.method} takes gradients through "
+         "the whole model"),
+        (config.scores_candidates, "frequency-aware embeddings and the autoencoder score candidates on the whole "
+         "model (pass --no-frequency, or another method)"),
+        (config.allocation != "uniform", f"allocation {config.allocation} measures every module on the whole model"),
+        (config.then is not None, "a mix compresses each config on the model the one before left"),
+        (bool(fitted), "factors fitted beforehand (a search) come from the whole model"),
+    ]
+    for refused, reason in reasons:
+        if refused:
+            raise EdgefoldError(f"a streamed run cannot do this: {reason}; run it without streaming")
+
+
+def compress_streamed_(model: nn.Module, weights: LazyWeights, config: CompressionConfig,
+                       tokenizer: PreTrainedTokenizerBase | None = None, calibration: Calibration | None = None,
+                       progress: bool = True) -> list[ModuleRecord]:
+    """:func:`compress_` on a skeleton from ``weights`` (:meth:`LazyWeights.skeleton`), one layer resident at a
+    time (see ``calibration.streaming``): each layer is read from the file, the calibration batches' hidden states
+    carried through its original weights while its Linears' statistics are collected, then its modules are fitted
+    and swapped and its original weights released. The factors are bitwise those of :func:`compress_`. Afterwards
+    the model is the compressed one, whole: what it still reads of the original (untargeted modules) is read."""
+    check_streamable(config)
+    method = config.build_method()
+    records = []
+    if method is not None:
+        spec = spec_for(model.config.model_type)
+        selected = _select(model, spec, config, method)
+        fitting = _Fitting(model, config, method, tokenizer, calibration, progress, {})
+        records = _fit_streamed(fitting, spec, selected, weights)
+    weights.materialise(model)
+    return records
+
+
+def _fit_streamed(fitting: _Fitting, spec: ArchitectureSpec, selected: list[tuple[str, nn.Module, tuple]],
+                  weights: LazyWeights) -> list[ModuleRecord]:
+    needs = fitting.linear_needs()
+    # the first layer's inputs come from the original embeddings: captured before the embeddings are fitted
+    stream = LayerStream(fitting.model, weights, fitting.fit_batches() if needs else [])
+    records = {}
+    bar = tqdm(total=len(selected), desc=f"{fitting.method.name} fit (streamed)", unit="module",
+               disable=not fitting.progress)
+    by_layer: dict[str, list[tuple[str, nn.Module, tuple]]] = {}
+    for name, module, kinds in selected:
+        if kinds == (EMBEDDINGS,):  # resident with the other modules outside the layers
+            records[name] = fitting.compress_module(name, module, kinds, dense_weight(module, spec, kinds))
+            if records[name].status == "factorised":
+                retie_head(fitting.model, module, fitting.model.get_submodule(name))
+                weights.release(name)  # the original table is not read again
+            bar.update()
+        else:
+            by_layer.setdefault(layer_of(name), []).append((name, module, kinds))
+    for layer_name, layer in stream.layers():
+        stage = by_layer.pop(layer_name, [])
+        sums = MomentSums()
+        linears = {name: (module, spec.transposed) for name, module, _ in stage} if needs else {}
+        with hooks(linears, lambda name: lambda _module, inputs: sums.add(name, inputs[0], stream.mask)):
+            stream.carry(layer)
+        fitting.statistics.update({name: {INPUT_MOMENTS: moments, INPUT_MEAN: mean}
+                                   for name, (moments, mean) in sums.means().items()})
+        for name, module, kinds in stage:
+            records[name] = fitting.compress_module(name, module, kinds, dense_weight(module, spec, kinds))
+            bar.update()
+    bar.close()
+    return [records[name] for name, _, _ in selected]
+
+
 class _Fitting:
     """Fits one module at a time: the method, calibration counts and validation scoring it needs."""
 
@@ -117,7 +205,8 @@ class _Fitting:
                 raise EdgefoldError(f"method {config.method} uses calibration text: give compress_ a tokenizer")
             self.calibration = calibration or Calibration.load(config.calibration)
             self.tokenizer = tokenizer
-            self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
+            if config.scores_candidates:
+                self.scorer = ValidationScorer(model, self.calibration.validation_texts, tokenizer)
         self.statistics: dict[str, dict[str, torch.Tensor]] = {}
         self.sensitivities: dict[str, Sensitivity] = {}
         # A sequential fit measures each stage against the original model, so keep it before anything is swapped.
@@ -131,12 +220,16 @@ class _Fitting:
         linears = {name: (module, spec.transposed) for name, module, kinds in selected
                    if kinds != (EMBEDDINGS,) and name not in self.fitted
                    and (self.allocated is None or self.allocated.get(name) is not None)}
-        needs = self.method.needs | ({INPUT_MEAN} if self.config.bias_correction else set())
+        needs = self.linear_needs()
         if self.method.sequential and self.config.allocation != "sensitivity":
             return  # every stage is measured when it is fitted (measure_stage); only an allocation needs it now
         if needs and linears:
             self.statistics = collect_statistics(self.model, linears, needs, self.calibration.fit_texts,
                                                  self.tokenizer, self.config.seed, self.progress)
+
+    def linear_needs(self) -> frozenset[str]:
+        """The statistics of the Linears' inputs the fit uses: the method's, and E[x] for bias correction."""
+        return frozenset(self.method.needs | ({INPUT_MEAN} if self.config.bias_correction else set()))
 
     def stages(self, selected: list[tuple[str, nn.Module, tuple]]) -> list[list[tuple[str, nn.Module, tuple]]]:
         """The order of the fit: module by module; for a sequential fit the embeddings first, then the Linears in
@@ -145,7 +238,7 @@ class _Fitting:
             return [[entry] for entry in selected]
         by_name = {name: (name, module, kinds) for name, module, kinds in selected}
         linears = {name: (module, False) for name, module, kinds in selected if kinds != (EMBEDDINGS,)}
-        first = self._batches()[0]
+        first = self.fit_batches()[0]
         return ([[entry] for entry in selected if entry[2] == (EMBEDDINGS,)]
                 + [[by_name[name] for name in stage] for stage in forward_stages(self.model, linears, first)])
 
@@ -156,10 +249,11 @@ class _Fitting:
             return
         names = [name for name, _, _ in stage]
         if self.activations is None:  # after the embeddings: both models' hidden states at the first layer
-            self.activations = LayerwiseActivations(self.original, self.model, names[0], self._batches())
+            self.activations = LayerwiseActivations(self.original, self.model, names[0], self.fit_batches())
         self.statistics.update(self.activations.measure(names))
 
-    def _batches(self) -> list[TextBatch]:
+    def fit_batches(self) -> list[TextBatch]:
+        """The calibration fit split, tokenised as the statistics see it."""
         if self._fit_batches is None:
             self._fit_batches = tokenize(self.tokenizer, self.calibration.fit_texts, max_text_length(self.model),
                                          batch_size=STATISTICS_BATCH)

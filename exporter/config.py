@@ -187,6 +187,12 @@ class CompressionConfig:
         return bool(method and method.frequency_default)
 
     @property
+    def scores_candidates(self) -> bool:
+        """Whether fits choose among candidates by the whole model's fidelity on validation text: frequency-aware
+        embeddings (their share of exact rows) and the autoencoder (its checkpoint)."""
+        return self.uses_frequency or self.method == "ae"
+
+    @property
     def needs_calibration(self) -> bool:
         """Frequency weighting needs token counts; the autoencoder selects its checkpoint on validation text;
         data-aware methods need statistics of the model's activations on calibration text."""

@@ -18,9 +18,10 @@ from torch import nn
 
 from edgefold.exporter.calibration.batches import max_text_length, onnx_outputs, tokenize, torch_outputs
 from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.calibration.streaming import streamed_outputs
 from edgefold.exporter.checks.manifest import build_manifest, write_manifest
 from edgefold.exporter.checks.verify import fidelity, max_abs_difference
-from edgefold.exporter.compress import compress_
+from edgefold.exporter.compress import check_streamable, compress_, compress_streamed_
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.optimize import optimize
@@ -31,6 +32,7 @@ from edgefold.exporter.nn.swap import tied_head
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
 from edgefold.exporter.source.architectures import spec_for
+from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
 from edgefold.exporter.sparsity import SparsityConfig, sparsify_, zipped_bytes
@@ -46,7 +48,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
            graph: GraphConfig | None = None, *, task: str = "auto", overwrite: bool = False,
            trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True,
            calibration: Calibration | None = None, fitted: Mapping[str, LowRankFactors] | None = None,
-           sparsity: SparsityConfig | None = None) -> dict:
+           sparsity: SparsityConfig | None = None, streamed: bool = False) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
     ``graph`` says what happens to the folded graph after its parity check against torch (see
@@ -60,6 +62,11 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     ``sparsity`` finds a sub-network instead of compressing (``edgefold prune``): its masks are written beside the
     graph, and the manifest says what they cost to download. IMP keeps its levels in a folder beside
     ``output_dir`` until the export succeeds, so that a run that stops resumes from its last level.
+
+    ``streamed``: the original model is never whole in memory (models larger than memory): its weights are read
+    from safetensors one layer at a time for the reference outputs and the compression (see
+    :func:`compress_streamed_`), and the ONNX export holds the compressed model only. Methods that need the
+    whole model at once are refused before any work; the factors and outputs are those of an unstreamed run.
     """
     graph = graph or GraphConfig()
     if sparsity is not None and config is not None and config.method != NO_COMPRESSION:
@@ -72,6 +79,10 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     if config.calibration is not None and not config.needs_calibration:
         raise EdgefoldError(f"--calibration is not used by method {config.method} here: it serves svd-whitened, "
                             "svd-fisher, ae, --frequency and --allocation sensitivity")
+    if streamed:
+        if sparsity is not None:
+            raise EdgefoldError("a streamed run cannot find a sub-network: pruning trains the whole model")
+        check_streamable(config, fitted)
     step = _Steps(progress, total=5 + len(graph.steps))
     source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
@@ -82,12 +93,13 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     step("load", f"loading {source.name} ({source.config.model_type}, {source.task})")
     torch.manual_seed(config.seed)
-    network = load_model(source, trust_remote_code)
+    weights = LazyWeights(source) if streamed else None
+    network = weights.skeleton(trust_remote_code) if weights else load_model(source, trust_remote_code)
     if graph.precisions:
         graph = replace(graph, precisions=with_tied_heads(network, graph.precisions))
     tokenizer = load_tokenizer(source)
     batches = tokenize(tokenizer, shipped_texts(), max_length=max_text_length(network))
-    reference = torch_outputs(network, batches)
+    reference = streamed_outputs(network, weights, batches) if weights else torch_outputs(network, batches)
     params_before = _count_params(network)
 
     subnetwork, checkpoints = None, _checkpoints_folder(output_dir)
@@ -100,14 +112,14 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     else:
         step("compress", f"compressing as planned ({config.plan.describe()})" if config.plan else
              f"compressing with {config.method} at ratio {config.ratio:g}")
-        records = compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress,
-                            fitted=fitted)
+        records = compress_streamed_(network, weights, config, tokenizer, calibration, progress) if weights else \
+            compress_(network, config, tokenizer=tokenizer, calibration=calibration, progress=progress, fitted=fitted)
     compressed = torch_outputs(network, batches)
     fidelity_result = fidelity(source.task, reference, compressed, batches)
 
     with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path, files, shared = _write_graph(network, source.task, staging, tokenizer, records)
+        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)
@@ -123,8 +135,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
         if graph.quantizes:
             step("quantize", f"quantising to {graph.quantize if graph.quantize != 'none' else 'planned precisions'}")
             done["quantization"] = quantize_graph(onnx_path, graph, inputs)
-        if done:  # rewritten graphs are saved whole
-            files = [onnx_path]
+        files = passes.graph_files(onnx_path)  # with its external data, however the steps left it
         if "ort" in graph.formats:
             step("ort", "writing the onnxruntime mobile format (.ort) and its operator list")
             done["ort_format"] = convert_to_ort(onnx_path, inputs)
@@ -138,6 +149,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
                                   files=files, parity=parity, fidelity=fidelity_result, shared_weights=shared,
                                   calibration=calibration.as_dict() if calibration else None, graph=done,
                                   seconds=step.timings())
+        manifest["streamed"] = streamed  # the original read one layer at a time
         write_manifest(staging, manifest)
     if subnetwork is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # the levels are in the folder now
@@ -156,15 +168,16 @@ def _fingerprint(source: SourceModel, sparsity: SparsityConfig) -> str:
     return hashlib.sha256(described.encode()).hexdigest()
 
 
-def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records) -> tuple[Path, list[Path], int]:
-    """Export, store shared weights once, refuse dense copies; returns (graph path, files, weights shared)."""
+def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records) -> tuple[Path, int]:
+    """Export, store shared weights once, refuse dense copies; returns the graph's path and the weights shared."""
     onnx_path = export_onnx(network, task, folder, tokenizer)
     graph = onnx.load(str(onnx_path))
     decoding.store_decoded_weights(graph, network)  # storage-compressed weights: decoded when the session starts
     shared = passes.store_shared_weights_once(graph)
     passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
                                  [tuple(t.shape) for t in _tensors(network)])
-    return onnx_path, passes.save(graph, onnx_path), shared
+    passes.save(graph, onnx_path)
+    return onnx_path, shared
 
 
 def with_tied_heads(network: nn.Module, precisions: Mapping[str, str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from edgefold.exporter.calibration.batches import TextBatch
 from edgefold.exporter.calibration.statistics import hooks
 from edgefold.exporter.methods.base import ANCHOR_MEAN, ANCHOR_MOMENTS, INPUT_MEAN, INPUT_MOMENTS
 
-_Call = tuple[tuple, dict]  # a layer's positional and keyword arguments for one batch
+Call = tuple[tuple, dict]  # a layer's positional and keyword arguments for one batch
 
 
 class _Captured(Exception):
@@ -72,7 +72,7 @@ class LayerwiseActivations:
         self.prefix, index = first.rsplit(".", 1)
         self.index = int(index)
         self.masks = [torch.from_numpy(b.attention_mask).bool() for b in batches]
-        self.calls = {id(m): [self._first_call(m, first, b) for b in batches] for m in (original, model)}
+        self.calls = {id(m): [first_call(m, first, b) for b in batches] for m in (original, model)}
 
     @torch.no_grad()
     def measure(self, stage: list[str]) -> dict[str, dict[str, torch.Tensor]]:
@@ -100,12 +100,12 @@ class LayerwiseActivations:
             layer = f"{self.prefix}.{self.index}"
             for model in (self.original, self.model):
                 module = model.get_submodule(layer)
-                self.calls[id(model)] = [_with_hidden(module, call, _hidden(module(*call[0], **call[1])))
+                self.calls[id(model)] = [next_call(module, call, module(*call[0], **call[1]))
                                          for call in self.calls[id(model)]]
             self.index += 1
 
     @staticmethod
-    def _stage_inputs(model: PreTrainedModel, layer: str, stage: list[str], call: _Call) -> dict[str, torch.Tensor]:
+    def _stage_inputs(model: PreTrainedModel, layer: str, stage: list[str], call: Call) -> dict[str, torch.Tensor]:
         """The inputs of the stage's modules in one run of ``layer``, stopped once all are seen (float32)."""
         inputs: dict[str, torch.Tensor] = {}
 
@@ -123,23 +123,30 @@ class LayerwiseActivations:
                 pass
         return inputs
 
-    @staticmethod
-    def _first_call(model: PreTrainedModel, layer: str, batch: TextBatch) -> _Call:
-        """The arguments the model gives ``layer`` on ``batch`` (the forward pass stops there)."""
-        captured: list[_Call] = []
 
-        def capture(_module, args, kwargs):
-            captured.append((args, kwargs))
-            raise _Captured
+def first_call(model: PreTrainedModel, layer: str, batch: TextBatch) -> Call:
+    """The arguments the model gives ``layer`` on ``batch`` (the forward pass stops there: the layers from
+    ``layer`` on are not run, so their weights need not be there)."""
+    captured: list[Call] = []
 
-        handle = model.get_submodule(layer).register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            _run(model, batch)
-        except _Captured:
-            pass
-        finally:
-            handle.remove()
-        return captured[0]
+    def capture(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Captured
+
+    handle = model.get_submodule(layer).register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        _run(model, batch)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def next_call(layer: nn.Module, call: Call, output) -> Call:
+    """The call of the layer after ``layer``: the same arguments, the hidden states replaced by ``layer``'s
+    ``output`` on ``call``."""
+    return _with_hidden(layer, call, _hidden(output))
 
 
 def _run(model: PreTrainedModel, batch: TextBatch) -> None:
@@ -155,7 +162,7 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _with_hidden(module: nn.Module, call: _Call, hidden: torch.Tensor) -> _Call:
+def _with_hidden(module: nn.Module, call: Call, hidden: torch.Tensor) -> Call:
     """The same call with new hidden states: the first argument of the layer's forward, however passed."""
     args, kwargs = call
     if args:

@@ -58,24 +58,32 @@ def input_moments(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bo
                   progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``(E[x x^T], E[x])`` of each module's input over the real tokens of ``batches`` (float64); a module fed one
     vector per text (BERT's pooler reads the first token) averages over texts."""
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor, int] | None] = {name: None for name in modules}
-    mask: torch.Tensor | None = None
-
-    def hook(name: str):
-        def accumulate(_module, inputs) -> None:
-            x = inputs[0]
-            x = (x[mask] if x.dim() == 3 else x).float()  # real tokens only, (tokens, cols)
-            product, total = (x.T @ x).double(), x.sum(dim=0).double()  # a batch in float32, the sums in float64
-            found = sums[name]
-            sums[name] = (product, total, len(x)) if found is None else \
-                (found[0] + product, found[1] + total, found[2] + len(x))
-        return accumulate
-
-    with hooks(modules, hook):
+    sums = MomentSums()
+    mask: list[torch.Tensor | None] = [None]
+    with hooks(modules, lambda name: lambda _module, inputs: sums.add(name, inputs[0], mask[0])):
         for batch in tqdm(batches, desc="input moments", unit="batch", disable=not progress, leave=False):
-            mask = torch.from_numpy(batch.attention_mask).bool()
+            mask[0] = torch.from_numpy(batch.attention_mask).bool()
             model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask))
-    return {name: (product / count, total / count) for name, (product, total, count) in sums.items()}
+    return sums.means()
+
+
+class MomentSums:
+    """Running sums of ``x x^T`` and ``x`` of modules' inputs over real tokens, batch after batch: a batch in
+    float32 (fast), the sums in float64. A layer-streamed run adds the same batches in the same order, so its
+    statistics are bitwise those of a whole-model pass."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def add(self, name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
+        x = (x[mask] if x.dim() == 3 else x).float()  # real tokens only, (tokens, cols)
+        product, total = (x.T @ x).double(), x.sum(dim=0).double()
+        found = self.sums.get(name)
+        self.sums[name] = (product, total, len(x)) if found is None else \
+            (found[0] + product, found[1] + total, found[2] + len(x))
+
+    def means(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {name: (product / count, total / count) for name, (product, total, count) in self.sums.items()}
 
 
 def row_importance(model: PreTrainedModel, modules: dict[str, tuple[nn.Module, bool]], batches: list[TextBatch],

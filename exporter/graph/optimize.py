@@ -20,6 +20,7 @@ import onnx
 
 from edgefold.exporter.calibration.batches import TextBatch, onnx_outputs
 from edgefold.exporter.checks.verify import max_abs_difference
+from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.session import make_feed, open_session
 
@@ -68,6 +69,8 @@ def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inp
         report[name] = _try(run, onnx_path, target, batches, inputs.fp32_outputs, inputs.parity_atol)
         if "error" not in report[name]:
             candidates[name] = target
+        else:
+            passes.remove(target)
     if mode != "auto" and mode not in candidates:
         _remove(candidates, keep=onnx_path)
         raise EdgefoldError(f"--optimize {mode} failed on this graph: {report.get(mode, {}).get('error', 'n/a')}")
@@ -76,7 +79,7 @@ def optimize(onnx_path: Path, mode: str, config, ort_model_type: str | None, inp
         report[name]["p50_ms"] = round(p50 * 1e3, 3)
     chosen = mode if mode != "auto" else _fastest(latency)
     if chosen != "none":
-        candidates[chosen].replace(onnx_path)
+        passes.settle(candidates[chosen], onnx_path)
     _remove(candidates, keep=onnx_path)
     return {"mode": mode, "chosen": chosen, "candidates": report,
             "timing": f"median of {TIMING_ROUNDS} alternating runs, 1 thread, batch 1 x {TIMING_TOKENS} tokens"}
@@ -102,7 +105,7 @@ def _onnxruntime(source: Path, target: Path, model_type: str, config, quantize: 
     # opt_level 0: only the transformer fusions; the session applies onnxruntime's own passes at load anyway.
     optimized = optimize_model(str(source), model_type=model_type, num_heads=heads, hidden_size=hidden,
                                optimization_options=options, opt_level=0)
-    optimized.save_model_to_file(str(target))
+    optimized.save_model_to_file(str(target), use_external_data_format=passes.uses_external_data(source))
 
 
 def _onnxscript(source: Path, target: Path) -> None:
@@ -110,7 +113,8 @@ def _onnxscript(source: Path, target: Path) -> None:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     optimized, _ = optimize_for_ort(onnx_ir.load(str(source)))
-    onnx_ir.save(optimized, str(target))
+    external = f"{target.name}.data" if passes.uses_external_data(source) else None
+    onnx_ir.save(optimized, str(target), external_data=external)
 
 
 def _try(run, source: Path, target: Path, batches: list[TextBatch], reference: list[np.ndarray],
@@ -132,7 +136,7 @@ def _try(run, source: Path, target: Path, batches: list[TextBatch], reference: l
 
 
 def _graph_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return sum(p.stat().st_size for p in passes.graph_files(path))
 
 
 def _time_alternately(candidates: dict[str, Path], batches: list[TextBatch]) -> dict[str, float]:
@@ -163,5 +167,4 @@ def _fastest(latency: dict[str, float]) -> str:
 def _remove(candidates: dict[str, Path], keep: Path) -> None:
     for path in candidates.values():
         if path != keep:
-            for leftover in (path, path.with_name(path.name + ".data"), path.with_name(path.name + "_data")):
-                leftover.unlink(missing_ok=True)
+            passes.remove(path)

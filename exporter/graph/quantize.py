@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.optable import PRECISIONS
 
@@ -97,7 +98,7 @@ def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target
                 "target": target}
     elif scheme == "int4":
         model = _int4(str(source), INT4_BLOCK_SIZE, ("MatMul", "Gather"), exclude=_not_float_tables(source))
-        model.save_model_to_file(str(output), use_external_data_format=False)
+        model.save_model_to_file(str(output), use_external_data_format=passes.uses_external_data(source))
         return {"weights": f"int4 symmetric, blocks of {INT4_BLOCK_SIZE}", "activations": "fp32",
                 "per_channel": False}
     raise EdgefoldError(f"nothing to do for --quantize {scheme}")
@@ -109,6 +110,7 @@ def _int8(source: Path, output: Path, op_types: list[str], per_channel: bool, ta
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(source, output, op_types_to_quantize=op_types, per_channel=per_channel, nodes_to_quantize=nodes,
+                     use_external_data_format=passes.uses_external_data(source),
                      weight_type=getattr(QuantType, INT8_TARGETS[target]), reduce_range=False,
                      # Shape inference stops at contrib ops (Attention, SkipLayerNormalization, MatMulNBits).
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
@@ -368,14 +370,14 @@ def _int8_pass(model: onnx.ModelProto, output: Path, chosen: Mapping[str, str], 
     """The int8 nodes through ``quantize_dynamic``, which reads a file: staged next to ``output``, then removed."""
     nodes = [name for name, precision in chosen.items() if precision == "int8"]
     if not nodes:  # an empty list means every node to quantize_dynamic
-        onnx.save(model, str(output))
+        passes.save(model, output)
         return
     staged = output.with_name(f".{output.stem}.int4.onnx")
     try:
-        onnx.save(model, str(staged))
+        passes.save(model, staged)
         _int8(staged, output, ["MatMul", "Gather"], False, target, nodes=nodes)
     finally:
-        staged.unlink(missing_ok=True)
+        passes.remove(staged)
         staged.with_name(f"{staged.stem}-inferred.onnx").unlink(missing_ok=True)  # quantize_dynamic's, if it failed
 
 

@@ -14,6 +14,7 @@ from edgefold.exporter.checks.verify import fidelity, max_abs_difference
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.mobile import write_ort_format
 from edgefold.exporter.graph.quantize import quantize, quantize_modules
+from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
 
 #: The .ort file runs the same kernels as the .onnx file after onnxruntime's optimisations: summation order only.
@@ -34,12 +35,13 @@ class GraphInputs:
 def quantize_graph(onnx_path: Path, graph: GraphConfig, inputs: GraphInputs) -> dict:
     """Quantise the checked graph in place; report how far it moved from the fp32 graph and the original."""
     unquantized = onnx_path.with_name(".fp32.onnx")
-    onnx_path.rename(unquantized)
+    passes.settle(onnx_path, unquantized)  # its weights, if external, move with it
     if graph.precisions:
         quantization = quantize_modules(unquantized, onnx_path, graph.precisions, graph.target)
     else:
         quantization = quantize(unquantized, onnx_path, graph.quantize, graph.per_channel, graph.target)
-    unquantized.unlink()
+    passes.remove(unquantized)
+    passes.settle(onnx_path, onnx_path)  # the quantiser's external data, if any, under the usual name
     quantized = onnx_outputs(onnx_path, inputs.batches)
     quantization.update(
         max_abs_diff_vs_fp32=max_abs_difference(quantized, inputs.fp32_outputs, inputs.batches),

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 from edgefold.runtime import EdgefoldError
 
-# onnx.save refuses protobufs over 2 GB; past this the weights go to one external data file.
-_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-EXTERNAL_DATA_NAME = "model.onnx_data"
+#: onnx.save refuses protobufs over 2 GB: past this the weights go to one external data file, in every step.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def _digest(array: np.ndarray) -> tuple:
@@ -77,11 +77,76 @@ def check_no_dense_copies(model: onnx.ModelProto, dense_shapes: set[tuple[int, i
             )
 
 
+def external_data_path(path: Path) -> Path:
+    """Where a graph's weights go when they do not fit in it: ``model.onnx_data``, as optimum names it."""
+    return path.with_name(f"{path.name}_data")
+
+
+def graph_files(path: Path) -> list[Path]:
+    """The graph and every external data file its tensors point to: what must travel with it."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = {entry.value for tensor in _tensors(graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return [path, *(path.parent / location for location in sorted(locations))]
+
+
+def uses_external_data(path: Path) -> bool:
+    return len(graph_files(path)) > 1
+
+
 def save(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write the graph, with external data only when it would not fit in one protobuf; returns the files."""
-    for stale in (path, path.with_name(EXTERNAL_DATA_NAME)):
-        stale.unlink(missing_ok=True)
-    external = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
+    _remove_sidecars(path)
+    path.unlink(missing_ok=True)
+    external = _too_large(model)
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=EXTERNAL_DATA_NAME)
-    return [path, path.with_name(EXTERNAL_DATA_NAME)] if external else [path]
+                    location=external_data_path(path).name)
+    return graph_files(path)
+
+
+def _too_large(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except EncodeError:  # protobuf cannot even size a message past 2 GiB
+        return True
+
+
+def settle(source: Path, target: Path) -> list[Path]:
+    """Move a graph that a tool wrote (its external data named as that tool names it) to ``target``, saved as
+    :func:`save` saves; returns the files. A graph without external data is only renamed."""
+    if not uses_external_data(source):
+        _remove_sidecars(target)
+        source.replace(target)
+        return [target]
+    model = onnx.load(str(source))  # the weights are in memory now: their files can go
+    remove(source)
+    return save(model, target)
+
+
+def remove(path: Path) -> None:
+    """Delete a graph and its external data (a half-written graph's, by their usual names)."""
+    try:
+        data = graph_files(path)[1:] if path.is_file() else []
+    except Exception:  # noqa: BLE001  protobuf's DecodeError, onnx's errors: unreadable either way
+        data = []
+    for file in data:
+        file.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    _remove_sidecars(path)
+
+
+def _remove_sidecars(path: Path) -> None:
+    # onnxruntime's tools write "<graph>.data", the dynamo exporter too; optimum and edgefold "<graph>_data"
+    for name in (f"{path.name}.data", f"{path.name}_data"):
+        path.with_name(name).unlink(missing_ok=True)
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor stored in ``graph``: initializers, and constants held by nodes (subgraphs included)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            for subgraph in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
+                yield from _tensors(subgraph)

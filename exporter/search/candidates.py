@@ -1,60 +1,73 @@
 """Verifying a candidate: one plan in, an exported folder and its metrics out.
 
-``verify`` is a plain function of a picklable job, so the same unit of work runs inline, in local worker
-processes, or on a cluster. Each candidate goes through the whole export (fold, parity against torch,
-quantisation) and then ``edgefold validate``'s metrics and gates against the original on the selection split.
+``verify`` is a plain function of picklable inputs, so the same unit of work runs inline, in local worker
+processes, or on a cluster (see ``edgefold.exporter.distributed``). Each candidate goes through the whole export
+(fold, parity against torch, quantisation) and then ``edgefold validate``'s metrics and gates against the original
+on the selection split.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import atexit
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.checks.manifest import write_manifest
 from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.distributed import Executor, Folder
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.methods import LowRankFactors
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import Plan
-from edgefold.runtime import EdgefoldError
 from edgefold.runtime.dataset import EvalData
+from edgefold.runtime.manifest import read_manifest
 from edgefold.runtime.validate import validate
 
 
 @dataclass(frozen=True)
-class Job:
-    """Everything a worker needs to verify one plan (no open handles: it crosses process boundaries)."""
+class Inputs:
+    """What every candidate of a search shares (sent to each worker once): the model, the calibration text, the
+    reference graph and the selection split with its gates."""
 
-    label: str
     model: str
     task: str
-    plan: Plan
-    fitted: dict[str, LowRankFactors]
     calibration: Calibration
-    folder: Path
     reference: Path
     data: EvalData
     gates: tuple[str, ...]
     trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One candidate: its plan with its factors, and where its folder goes (no open handles: it crosses process
+    boundaries)."""
+
+    label: str
+    plan: Plan
+    fitted: dict[str, LowRankFactors]
+    folder: Path
     threads: int = 1
 
 
-def verify(job: Job) -> dict:
+def verify(inputs: Inputs, job: Job) -> dict:
     """Export ``job.plan`` into ``job.folder`` and validate it; an export that fails its own checks is a result
     (``passed`` False, with the reason), not an exception."""
     torch.set_num_threads(job.threads)
     result = {"label": job.label, "folder": str(job.folder)}
     try:
-        manifest = export(job.model, job.folder, CompressionConfig(plan=job.plan),
-                          GraphConfig(optimize="none", precisions=job.plan.precisions), task=job.task,
-                          trust_remote_code=job.trust_remote_code, progress=False, calibration=job.calibration,
-                          fitted=job.fitted)
-        report = validate(job.folder, job.reference, job.data, list(job.gates))
+        manifest = export(inputs.model, job.folder, CompressionConfig(plan=job.plan),
+                          GraphConfig(optimize="none", precisions=job.plan.precisions), task=inputs.task,
+                          trust_remote_code=inputs.trust_remote_code, progress=False,
+                          calibration=inputs.calibration, fitted=job.fitted)
+        report = validate(job.folder, inputs.reference, inputs.data, list(inputs.gates))
     except Exception as error:  # noqa: BLE001  one candidate's failure (a kernel, a quantiser) is a result
         return {**result, "passed": False, "error": f"{type(error).__name__}: {error}", "bytes": None,
                 "metrics": {}, "gates": []}
@@ -62,36 +75,57 @@ def verify(job: Job) -> dict:
             "metrics": report["metrics"], "gates": report["gates"]}
 
 
-class Workers:
-    """Where jobs run: inline for one worker, else in a pool of spawned processes kept for the whole search
-    (torch does not fork safely once its thread pools exist, and each spawn pays torch's import once)."""
+@dataclass(frozen=True)
+class Shipped:
+    """``Inputs`` for workers that may not see this machine's files: the model and reference folders as bytes,
+    written once per worker process into a folder of its own."""
 
-    def __init__(self, workers: int):
-        self.pool = None
-        if workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    inputs: Inputs
+    model: Folder
+    reference: Folder
 
-    def __enter__(self) -> Workers:
-        return self
+    @classmethod
+    def of(cls, inputs: Inputs, model_path: Path) -> Shipped:
+        return cls(inputs, Folder.read(model_path), Folder.read(inputs.reference))
 
-    def __exit__(self, kind, error, traceback) -> None:
-        if self.pool is None:
-            return
-        if error is not None:  # Ctrl-C, SIGTERM, a dead worker: stop the exports now, not when they finish
-            for process in list(getattr(self.pool, "_processes", {}).values()):
-                process.terminate()
-        self.pool.shutdown(wait=error is None, cancel_futures=True)
+    @cached_property
+    def local(self) -> Inputs:
+        root = Path(tempfile.mkdtemp(prefix="edgefold-worker-"))
+        atexit.register(shutil.rmtree, root, True)
+        return replace(self.inputs, model=str(self.model.write(root / "model")),
+                       reference=self.reference.write(root / "reference"))
 
-    def run(self, jobs: list[Job]) -> list[dict]:
-        """Every job's result, in the order of ``jobs`` (whichever finishes first)."""
-        if self.pool is None:
-            return [verify(job) for job in jobs]
-        try:
-            return [future.result() for future in [self.pool.submit(verify, job) for job in jobs]]
-        except concurrent.futures.process.BrokenProcessPool:
-            raise EdgefoldError("a worker process died while verifying candidates (out of memory?); try fewer "
-                                "--workers") from None
+
+def verify_shipped(shipped: Shipped, job: Job) -> dict:
+    """``verify`` on a worker elsewhere: the candidate's folder is written in scratch space and comes back as bytes
+    (``files``), for :func:`verify_all` to write where the search expects it."""
+    with tempfile.TemporaryDirectory(prefix="edgefold-candidate-") as scratch:
+        folder = Path(scratch) / "candidate"
+        result = verify(shipped.local, replace(job, folder=folder))
+        files = Folder.read(folder) if folder.is_dir() else None
+    return {**result, "folder": str(job.folder), "files": files}
+
+
+def shared_inputs(executor: Executor, inputs: Inputs, model_path: Path) -> Inputs | Shipped:
+    """What ``executor``'s workers get once: the inputs, with their folders as bytes where paths do not reach."""
+    return inputs if executor.shares_files else Shipped.of(inputs, model_path)
+
+
+def verify_all(executor: Executor, shared: Inputs | Shipped, jobs: list[Job]) -> list[dict]:
+    """Every job's result, in the order of ``jobs``; a candidate verified elsewhere is written back here, its
+    manifest naming the model as the user gave it (not the worker's copy)."""
+    labels = [f"candidate {job.label}" for job in jobs]
+    if isinstance(shared, Inputs):
+        return executor.map(verify, jobs, shared, labels=labels)
+    results = executor.map(verify_shipped, jobs, shared, labels=labels)
+    for result in results:
+        files = result.pop("files")
+        if files is not None:
+            folder = files.write(Path(result["folder"]))
+            manifest = read_manifest(folder)
+            manifest["source"]["model"] = shared.inputs.model
+            write_manifest(folder, manifest)
+    return results
 
 
 def threads_per_worker(workers: int) -> int:

@@ -18,18 +18,19 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from edgefold.exporter.checks.manifest import write_manifest
 from edgefold.exporter.config import CompressionConfig
+from edgefold.exporter.distributed import Executor, executor_for
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.quantize import PRECISIONS
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
-from edgefold.exporter.search.candidates import Job, Workers, threads_per_worker
+from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, threads_per_worker, verify_all
 from edgefold.exporter.search.frontier import Point, curve
 from edgefold.exporter.search.latency import OpShape, measure_table, model_latencies, model_latency
 from edgefold.exporter.search.report import write_report
@@ -73,26 +74,34 @@ class SearchConfig:
     user's text (split fit / selection / check), or None for the shipped calibration text. ``full``: also
     factorise Linears (slower; the quick search chooses precisions and the embeddings' factorisation).
     ``latency_table``: a table measured on the target device (``edgefold bench --op-table``); None measures
-    this CPU. ``max_candidates``: graphs verified at most (each one export and one validation)."""
+    this CPU. ``max_candidates``: graphs verified at most (each one export and one validation). ``ray``: a Ray
+    cluster's address (or "auto") where the candidates and the per-module measurements run as tasks (None: local
+    processes). ``workers``: candidates verified at once, a round of the bisection (None: this machine's cores, or
+    the cluster's CPUs); the same ``workers`` and ``seed`` give the same result locally and on a cluster."""
 
     objective: str = "size"
     gates: tuple[str, ...] = ()
     data: EvalData | None = None
     full: bool = False
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int | None = None
     latency_table: str | None = None
     max_candidates: int = 9
     seed: int = 0
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise EdgefoldError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
         for name, low in (("workers", 1), ("max_candidates", 4)):
             value = getattr(self, name)
+            if value is None and name == "workers":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise EdgefoldError(f"{name} must be a whole number of at least {low} (got {value!r})")
         if self.latency_table is not None and self.objective != "latency":
             raise EdgefoldError("a latency table serves --objective latency")
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
+            raise EdgefoldError(f"ray takes a cluster's address or 'auto' (got {self.ray!r})")
         object.__setattr__(self, "gates", tuple(self.gates))
 
 
@@ -126,10 +135,10 @@ def _check_inputs(model: str | Path, output_dir: Path, task: str, overwrite: boo
     return source, gates
 
 
-def _export_reference(source: SourceModel, folder: Path, trust_remote_code: bool) -> Path:
+def _export_reference(source: SourceModel, folder: Path, trust_remote_code: bool, streamed: bool = False) -> Path:
     """The original, exported unchanged and unoptimised: what every candidate is validated against."""
     export(source.name, folder, CompressionConfig(method="none"), GraphConfig(optimize="none"), task=source.task,
-           trust_remote_code=trust_remote_code, progress=False)
+           trust_remote_code=trust_remote_code, progress=False, streamed=streamed)
     return folder
 
 
@@ -163,15 +172,23 @@ class _Search:
             print(f"edgefold: [{self.step}/7] {what}", file=sys.stderr, flush=True)
 
     def run(self, work: Path, output_dir: Path, table: LatencyTable | None) -> dict:
+        # connected first: a cluster that cannot be reached fails the export before any work
+        local_workers = self.search.workers or os.cpu_count() or 1
+        with executor_for(self.search.ray, self.search.workers if self.search.ray else local_workers) as executor:
+            return self._run(executor, work, output_dir, table)
+
+    def _run(self, executor: Executor, work: Path, output_dir: Path, table: LatencyTable | None) -> dict:
         self.say(f"loading {self.source.name} and exporting it unchanged as the reference")
         network = load_model(self.source, self.trust_remote_code)
         if table is not None:
             _check_table(table, dense_operators(network))
         self.reference = _export_reference(self.source, work / "reference", self.trust_remote_code)
         self.say(f"measuring each module's choices on {SENSITIVITY_ITEMS} selection items "
-                 f"({'full' if self.search.full else 'quick'} search)")
+                 f"({'full' if self.search.full else 'quick'} search"
+                 f"{f', on the Ray cluster at {self.search.ray}' if self.search.ray else ''})")
         space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
-                              seed=self.search.seed, progress=self.progress)
+                              seed=self.search.seed, progress=self.progress,
+                              executor=executor if self.search.ray else None)  # locally: inline, as it always was
         del network
         gc.collect()
         self.say(f"costing the choices ({self.search.objective})")
@@ -179,7 +196,7 @@ class _Search:
         points = curve(space.options, cost.of, cost.fixed)[1:]  # the first is the original itself
         baselines = {label: _uniform(space, precision, cost) for label, precision in BASELINES.items()}
         self.say(f"verifying candidates as ONNX graphs against the gates ({', '.join(self.gates)})")
-        verified = self._verify(work, space, points, baselines)
+        verified = self._verify(executor, work, space, points, baselines)
         self.say(f"measuring the latency of {sum(r['bytes'] is not None for r in verified)} verified graph(s)")
         self._measure_latency(verified)
         chosen = self._choose(verified)
@@ -205,33 +222,37 @@ class _Search:
         measured = model_latency(self.reference, LATENCY_TOKENS, LATENCY_THREADS)
         return Cost("latency", fixed_cost("latency", dense, measured, table), table)
 
-    def _verify(self, work: Path, space: Space, points: list[Point], baselines: dict[str, Point]) -> list[dict]:
+    def _verify(self, executor: Executor, work: Path, space: Space, points: list[Point],
+                baselines: dict[str, Point]) -> list[dict]:
         """Bisect the curve for its cheapest passing point, ``workers`` candidates a round; baselines first."""
-        workers, budget = self.search.workers, self.search.max_candidates
+        workers, budget = executor.workers, self.search.max_candidates
+        inputs = Inputs(self.source.name, self.source.task, self.calibration, self.reference, self.splits.selection,
+                        tuple(self.gates), self.trust_remote_code)
+        shared = shared_inputs(executor, inputs, self.source.path)
         verified: list[dict] = []
         low, high = -1, len(points)  # points[low] passes (-1: the original), points[high] fails (len: assumed)
         queue = [(label, point, None) for label, point in baselines.items()]
-        with Workers(workers) as pool, tqdm(total=budget, desc="candidates", unit="graph",
-                                           disable=not self.progress) as bar:
+        with tqdm(total=budget, desc="candidates", unit="graph", disable=not self.progress) as bar:
             while len(verified) < budget and (queue or high - low > 1):
                 room = budget - len(verified)
                 indices = _between(low, high, max(1, min(workers, room - len(queue))))
                 batch = queue + [(f"curve {i + 1}/{len(points)}", points[i], i) for i in indices]
                 queue = []
-                jobs = [self._job(work, label, point, space, index) for label, point, index in batch[:room]]
-                for (_, meta), result in zip(jobs, pool.run([job for job, _ in jobs])):
+                jobs = [self._job(work, label, point, space, index, workers)
+                        for label, point, index in batch[:room]]
+                for (_, meta), result in zip(jobs, verify_all(executor, shared, [job for job, _ in jobs])):
                     verified.append({**meta, **result, "accepted": _clears(result, SELECTION_MARGIN)})
                 bar.update(len(jobs))
                 low, high = _bounds(verified, len(points))
         return verified
 
-    def _job(self, work: Path, label: str, point: Point, space: Space, index: int | None) -> tuple[Job, dict]:
+    def _job(self, work: Path, label: str, point: Point, space: Space, index: int | None,
+             workers: int) -> tuple[Job, dict]:
         """A candidate's job, and what the search knows of it: where it sits on the curve (None: a baseline)."""
         plan = Plan({name: option.choice for name, option in point.options.items() if option.choice != ModuleChoice()})
         self.jobs_made += 1
-        job = Job(label, self.source.name, self.source.task, plan, space.factors_for(plan.modules),
-                  self.calibration, work / f"candidate-{self.jobs_made:02d}", self.reference, self.splits.selection,
-                  tuple(self.gates), self.trust_remote_code, threads_per_worker(self.search.workers))
+        job = Job(label, plan, space.factors_for(plan.modules), work / f"candidate-{self.jobs_made:02d}",
+                  threads_per_worker(workers))
         meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),
                 "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost, "predicted_loss": point.loss}
         return job, meta
@@ -323,9 +344,11 @@ def _check_table(table: LatencyTable, shapes: set[OpShape]) -> None:
 
 def export_gated(model: str | Path, output_dir: str | Path, config: CompressionConfig, graph: GraphConfig,
                  gates: list[str], data: EvalData | None = None, *, task: str = "auto", overwrite: bool = False,
-                 trust_remote_code: bool = False, parity_atol: float | None = None, progress: bool = True) -> dict:
+                 trust_remote_code: bool = False, parity_atol: float | None = None, progress: bool = True,
+                 streamed: bool = False) -> dict:
     """``export`` a recipe (or a plan), then validate it against the original on ``data`` (default: the shipped
-    evaluation text); a recipe that fails a gate is refused (:class:`GateFailure`), nothing written."""
+    evaluation text); a recipe that fails a gate is refused (:class:`GateFailure`), nothing written. ``streamed``:
+    both exports, the recipe's and the original's, read one layer at a time (see :func:`export`)."""
     output_dir = Path(output_dir)
     data = data or load_data(None)
     source, gates = _check_inputs(model, output_dir, task, overwrite, trust_remote_code, data, gates)
@@ -333,11 +356,11 @@ def export_gated(model: str | Path, output_dir: str | Path, config: CompressionC
     with tempfile.TemporaryDirectory(prefix="edgefold-gated-") as work:
         candidate, reference = Path(work) / "candidate", Path(work) / "reference"
         export(source.name, candidate, config, graph, task=source.task, trust_remote_code=trust_remote_code,
-               progress=progress, **atol)
+               progress=progress, streamed=streamed, **atol)
         if progress:
             print(f"edgefold: validating against the original on {data.source} ({', '.join(gates)})",
                   file=sys.stderr, flush=True)
-        _export_reference(source, reference, trust_remote_code)
+        _export_reference(source, reference, trust_remote_code, streamed)
         report = validate(candidate, reference, data, gates)
         if not report["passed"]:
             raise GateFailure(f"the recipe fails its gates on {data.source}: {'; '.join(failures(report))}; "

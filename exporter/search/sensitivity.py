@@ -15,8 +15,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
+from edgefold.exporter.distributed import Executor
 from edgefold.exporter.graph.quantize import PRECISIONS
 from edgefold.exporter.methods import FitContext, LowRankFactors, TruncatedSVD
 from edgefold.exporter.methods.base import INPUT_MOMENTS
@@ -50,38 +52,74 @@ class Space:
         return {name: self.fitted[(name, c.structure)] for name, c in plan_modules.items() if c.factorised}
 
 
+@dataclass(frozen=True)
+class ModuleInputs:
+    """What every module's measurement shares (sent to each worker once): the original model inside its scorer,
+    the fit text and its statistics, and the threads its sums run on (the same wherever it runs: a float sum's
+    order, and so its last bits, depends on how many threads split it)."""
+
+    scorer: ValidationScorer
+    tokenizer: PreTrainedTokenizerBase
+    calibration: Calibration
+    statistics: dict[str, dict]
+    factorise_linears: bool
+    seed: int
+    threads: int
+
+
 def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: Splits, *,
-                  factorise_linears: bool, seed: int = 0, progress: bool = True) -> Space:
-    """Every module's options with their measured losses (see the module docstring)."""
+                  factorise_linears: bool, seed: int = 0, progress: bool = True,
+                  executor: Executor | None = None) -> Space:
+    """Every module's options with their measured losses (see the module docstring): inline, or one task per
+    module on ``executor`` (the same numbers either way)."""
     spec = spec_for(model.config.model_type)
-    selected = plannable_modules(model, spec)
+    selected = [(name, kinds) for name, _, kinds in plannable_modules(model, spec)]
     scorer = ValidationScorer(model, splits.selection.texts[:SENSITIVITY_ITEMS], tokenizer)
     calibration = splits.calibration()
     statistics = {}
     if factorise_linears:
-        linears = {name: (module, spec.transposed) for name, module, kinds in selected
+        linears = {name: (model.get_submodule(name), spec.transposed) for name, kinds in selected
                    if kinds not in ((EMBEDDINGS,), (OUTPUT_HEAD,))}
         statistics = collect_statistics(model, linears, frozenset({INPUT_MOMENTS}),
                                         calibration.fit_texts[:STATISTICS_ITEMS], tokenizer, seed, progress)
+    inputs = ModuleInputs(scorer, tokenizer, calibration, statistics, factorise_linears, seed,
+                          torch.get_num_threads())
+    if executor is None:
+        measured = [measure_module(inputs, item)
+                    for item in tqdm(selected, desc="sensitivity", unit="module", disable=not progress)]
+    else:
+        measured = executor.map(measure_module, selected, inputs, labels=[f"sensitivity of {n}" for n, _ in selected],
+                                cpus=inputs.threads)
     space = Space()
-    for name, module, kinds in tqdm(selected, desc="sensitivity", unit="module", disable=not progress):
-        weight = dense_weight(module, spec, kinds)
-        torch.manual_seed(seed)
-        if kinds == (EMBEDDINGS,):
-            counts = calibration.token_counts(tokenizer, weight.shape[0])
-            context = FitContext(seed=seed, kind=EMBEDDINGS, score=scorer.for_module(name, EMBEDDINGS, module))
-            structures = _embedding_structures(weight, counts, context)
-        elif factorise_linears and kinds != (OUTPUT_HEAD,):
-            structures = _linear_structures(weight, kinds[0], statistics.get(name), seed)
-        else:
-            structures = []
-        space.options[name] = []
-        for choice, factors in [(ModuleChoice(), None), *structures]:
-            if factors is not None:
-                space.fitted[(name, choice.structure)] = factors
-            space.options[name] += _options(scorer, name, kinds[0], module, choice, factors,
-                                            transposed(spec, kinds), tuple(weight.shape))
+    for (name, _), (options, fitted) in zip(selected, measured):
+        space.options[name] = options
+        space.fitted.update({(name, structure): factors for structure, factors in fitted.items()})
     return space
+
+
+def measure_module(inputs: ModuleInputs, module: tuple[str, tuple[str, ...]]) -> tuple[list[Option], dict]:
+    """One module's options (its fits at every precision, each scored alone), and its factors by structure."""
+    torch.set_num_threads(inputs.threads)
+    name, kinds = module
+    model = inputs.scorer.model
+    spec = spec_for(model.config.model_type)
+    original = model.get_submodule(name)
+    weight = dense_weight(original, spec, kinds)
+    torch.manual_seed(inputs.seed)
+    if kinds == (EMBEDDINGS,):
+        counts = inputs.calibration.token_counts(inputs.tokenizer, weight.shape[0])
+        context = FitContext(seed=inputs.seed, kind=EMBEDDINGS,
+                             score=inputs.scorer.for_module(name, EMBEDDINGS, original))
+        structures = _embedding_structures(weight, counts, context)
+    elif inputs.factorise_linears and kinds != (OUTPUT_HEAD,):
+        structures = _linear_structures(weight, kinds[0], inputs.statistics.get(name), inputs.seed)
+    else:
+        structures = []
+    options: list[Option] = []
+    for choice, factors in [(ModuleChoice(), None), *structures]:
+        options += _options(inputs.scorer, name, kinds[0], original, choice, factors, transposed(spec, kinds),
+                            tuple(weight.shape))
+    return options, {choice.structure: factors for choice, factors in structures}
 
 
 def dense_operators(model: PreTrainedModel) -> set[OpShape]:

@@ -39,7 +39,13 @@ def add_parser(commands) -> None:
                       help="quick: precisions and the embeddings' factorisation; full: also factorise Linears "
                            "(whitened SVD at several ranks; slower)")
     goal.add_argument("--workers", type=flags.positive, default=None,
-                      help="candidates verified in parallel processes (default: the cores)")
+                      help="candidates verified in parallel processes (default: the cores); with --ray, tasks "
+                           "at once on the cluster (default: its CPUs). The same --workers and --seed give the "
+                           "same model locally and on a cluster")
+    goal.add_argument("--ray", metavar="ADDRESS", default=None,
+                      help="verify candidates and measure each module's choices as tasks on the Ray cluster at "
+                           "ADDRESS (host:port, ray://host:port, or auto: the one started on this machine); "
+                           'needs pip install "edgefold[distributed]"')
     goal.add_argument("--max-candidates", type=flags.whole(4), default=None,
                       help="graphs exported and validated at most (default 9)")
     goal.add_argument("--latency-table", metavar="FILE",
@@ -85,6 +91,10 @@ def add_parser(commands) -> None:
     recipe.add_argument("--quantize-for", metavar="CPU", default=None,
                         help="CPU the int8 weights are typed for: generic, arm64, avx512-vnni (signed weights, "
                              "unsigned activations) or avx2 (unsigned weights: no VNNI saturation)")
+    recipe.add_argument("--stream", action="store_true", default=None,
+                        help="models larger than memory: read each layer's weights from the safetensors files only "
+                             "while it is measured and fitted (svd, svd-whitened, --method none); the result is "
+                             "the unstreamed one, bit for bit")
     export.add_argument("--optimize", default=None,
                         help="graph fusions: auto (try onnxruntime's and onnxscript's, keep the fastest, "
                              "measured), onnxruntime, onnxscript or none (default: auto with a recipe, none for a plan: precisions "
@@ -98,8 +108,8 @@ def add_parser(commands) -> None:
 
 #: Flags that spell out a recipe: any of them and edgefold exports that recipe instead of searching for one.
 RECIPE_FLAGS = ("method", "targets", "ratio", "size_budget", "allocation", "frequency", "calibration",
-                "method_option", "bias_correction", "quantize", "per_channel", "quantize_for")
-SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates")
+                "method_option", "bias_correction", "quantize", "per_channel", "quantize_for", "stream")
+SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates", "ray")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if recipe or args.plan:
         config, graph = _recipe(args, exporter) if recipe else _plan(args, exporter)
         atol = exporter.DEFAULT_PARITY_ATOL if args.parity_atol is None else args.parity_atol
+        common["streamed"] = bool(args.stream)
         if args.gate:
             manifest = exporter.export_gated(args.model, args.output_dir, config, graph, args.gate, data,
                                              parity_atol=atol, **common)
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = {name: value for name, value in (("objective", args.objective), ("workers", args.workers),
                                                   ("max_candidates", args.max_candidates)) if value is not None}
         search = exporter.SearchConfig(gates=tuple(args.gate), data=data, full=args.search == "full",
-                                       latency_table=args.latency_table, seed=args.seed, **chosen)
+                                       latency_table=args.latency_table, seed=args.seed, ray=args.ray, **chosen)
         manifest = exporter.search_export(args.model, args.output_dir, search, **common)
     print(format_summary(manifest, args.output_dir))
     return 0
