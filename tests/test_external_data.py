@@ -98,6 +98,15 @@ def test_pack_carries_the_external_data_and_the_unpacked_folder_runs(tiny_model,
     assert json.loads((unpacked / "edgefold.json").read_text())["files"]["model.onnx_data"] == \
         (unpacked / "model.onnx_data").stat().st_size
 
+    from edgefold.runtime.cli import main
+    assert main(["bench", str(unpacked), "--threads", "1", "--seq", "16", "--warmup", "1", "--iterations", "2",
+                 "--min-seconds", "0", "-o", str(tmp_path / "bench.json")]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["models"]["unpacked"]["bytes"] == {"model.onnx": (unpacked / "model.onnx").stat().st_size,
+                                                     "model.onnx_data": (unpacked / "model.onnx_data").stat().st_size}
+    assert main(["validate", str(unpacked), "--reference", str(folder), "--gate", "label_agreement>=1",
+                 "-o", str(tmp_path / "validate.json")]) == 0
+
 
 WEIGHT = np.arange(32 * 64, dtype=np.float32).reshape(32, 64)  # past onnx's 1 KiB: stored outside when external
 
@@ -136,3 +145,13 @@ def test_a_graph_small_enough_is_saved_whole_again(tmp_path):
     onnx.save_model(_tiny_graph(), str(written), save_as_external_data=True, location="tool.onnx.data")
     assert passes.settle(written, tmp_path / "model.onnx") == [tmp_path / "model.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_graph_too_large_for_the_ort_format_fails_in_one_line_and_writes_nothing(tiny_model, tmp_path, monkeypatch):
+    from edgefold.exporter.graph import mobile
+    from edgefold.runtime import EdgefoldError
+
+    monkeypatch.setattr(mobile, "ORT_FORMAT_MAX_BYTES", 1000)  # as a graph past 2 GiB is to the real limit
+    with pytest.raises(EdgefoldError, match=r"the \.ort format holds at most 2 GiB and this graph is [\d,]+ bytes"):
+        _export(tiny_model("bert-text-classification"), tmp_path / "out", GraphConfig(formats=("onnx", "ort")))
+    assert not (tmp_path / "out").exists()

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
 
 FORMATS = ("onnx", "ort")
 OPERATORS_CONFIG = "required_operators.config"
+#: A .ort file is one flatbuffer, with no external data: 2 GiB at most.
+ORT_FORMAT_MAX_BYTES = 2**31 - 1
 
 
 def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
@@ -31,6 +34,10 @@ def write_ort_format(onnx_path: Path) -> tuple[Path, Path]:
     """Write ``model.ort`` and ``required_operators.config`` beside ``onnx_path``; returns both paths."""
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
+    graph_bytes = sum(path.stat().st_size for path in passes.graph_files(onnx_path))
+    if graph_bytes > ORT_FORMAT_MAX_BYTES:
+        raise EdgefoldError(f"the .ort format holds at most 2 GiB and this graph is {graph_bytes:,} bytes: quantise it "
+                            "(--quantize int8 or int4), compress it further, or leave out --format ort")
     ort_path = onnx_path.with_suffix(".ort")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
