@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, GraphConfig, ModuleChoice, Plan, export  # noqa: E402
 from edgefold.exporter.checks.verify import ValidationScorer  # noqa: E402
-from edgefold.exporter.distributed import LocalExecutor, RayExecutor  # noqa: E402
+from edgefold.exporter.distributed import LocalExecutor, RayExecutor, local_head  # noqa: E402
 from edgefold.exporter.nn.swap import plannable_modules  # noqa: E402
 from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, verify, verify_all  # noqa: E402
 from edgefold.exporter.search.search import DEFAULT_GATES, _shipped_data  # noqa: E402
@@ -42,7 +41,6 @@ from edgefold.exporter.source.loading import inspect_model, load_model, load_tok
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-RAY = Path(sys.executable).with_name("ray")
 SEARCH_CANDIDATES = 5  # per measured search: enough for two rounds at 2 workers, short enough to run four
 TRIVIAL_TASKS = 40
 #: The 1B model of the estimate: Llama-3.2-1B's shape (16 layers, hidden 2048, FFN 8192, vocabulary 128,256,
@@ -58,20 +56,6 @@ NETWORK_BYTES_PER_S = 1e9
 
 def noop(shared: None, item: int) -> int:
     return item
-
-
-def start_cluster(cpus: int) -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                    f"--object-store-memory={600 * 2**20}", "--disable-usage-stats", "--include-dashboard=false"],
-                   check=True, capture_output=True)
-    return f"127.0.0.1:{port}"
-
-
-def stop_cluster() -> None:
-    subprocess.run([str(RAY), "stop", "--force"], check=False, capture_output=True)
 
 
 def timed(call) -> tuple[float, object]:
@@ -195,27 +179,20 @@ def main() -> None:
     result: dict = {"model": MODEL, "search_candidates": SEARCH_CANDIDATES}
     with tempfile.TemporaryDirectory(prefix="edgefold-bench-ray-") as tmp:
         root = Path(tmp)
-        stop_cluster()
-        try:
-            address = start_cluster(2)
+        with local_head(cpus=2, object_store_bytes=600 * 2**20) as address:
             result["trivial"] = trivial_overhead(address)
             print("trivial", result["trivial"], file=sys.stderr, flush=True)
             result["candidate"] = candidate_overhead(address, root)
             print("candidate", result["candidate"]["seconds"], file=sys.stderr, flush=True)
-            stop_cluster()
-            result["modules"] = module_times()
-            print("modules", result["modules"], file=sys.stderr, flush=True)
-            searches = {}
-            for workers in (1, 2):
-                searches[f"local, {workers} worker(s)"] = run_search(root / f"local-{workers}", workers, None)
-                address = start_cluster(workers)
+        result["modules"] = module_times()
+        print("modules", result["modules"], file=sys.stderr, flush=True)
+        searches = {}
+        for workers in (1, 2):
+            searches[f"local, {workers} worker(s)"] = run_search(root / f"local-{workers}", workers, None)
+            with local_head(cpus=workers, object_store_bytes=600 * 2**20) as address:
                 searches[f"Ray, {workers} CPU(s)"] = run_search(root / f"ray-{workers}", workers, address)
-                stop_cluster()
-                print({name: round(row["seconds"], 1) for name, row in searches.items()}, file=sys.stderr,
-                      flush=True)
-            result["searches"] = searches
-        finally:
-            stop_cluster()
+            print({name: round(row["seconds"], 1) for name, row in searches.items()}, file=sys.stderr, flush=True)
+        result["searches"] = searches
     result["same_result"] = {str(workers): searches[f"local, {workers} worker(s)"]["candidates"]
                              == searches[f"Ray, {workers} CPU(s)"]["candidates"] for workers in (1, 2)}
     write(result)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgefold.exporter.distributed import RAY_EXTRA_HINT, RayExecutor, executor_for
+from edgefold.exporter.distributed import RAY_EXTRA_HINT, RayExecutor, executor_for, local_head
 from edgefold.exporter.search import candidates
 from edgefold.exporter.search.search import _shipped_data
 from edgefold.exporter.search.sensitivity import measure_space
@@ -24,8 +23,6 @@ from edgefold.exporter.source.loading import inspect_model, load_model, load_tok
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.cli import main
 from edgefold.runtime.manifest import read_manifest
-
-RAY = Path(sys.executable).with_name("ray")
 
 
 def _free_port() -> int:
@@ -36,17 +33,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory) -> str:
-    """A Ray head on 127.0.0.1 with 2 CPUs, stopped at the end of the session; its address."""
+def ray_cluster() -> str:
+    """A Ray head on 127.0.0.1 with 2 CPUs for the session (only its own processes stopped after); its address."""
     pytest.importorskip("ray", reason='Ray is not installed (pip install "edgefold[distributed]")')
-    port = _free_port()
-    start = [str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-             f"--object-store-memory={200 * 2**20}", "--disable-usage-stats", "--include-dashboard=false"]
-    subprocess.run(start, check=True, capture_output=True, timeout=120)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+    with local_head(cpus=2) as address:
+        yield address
 
 
 def _frontier(out: Path) -> list[dict]:

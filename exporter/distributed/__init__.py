@@ -9,9 +9,9 @@
 worker once, not once per item, where the executor can (Ray's object store).
 """
 
-from edgefold.exporter.distributed.cluster import RAY_EXTRA_HINT, RayExecutor
+from edgefold.exporter.distributed.cluster import RAY_EXTRA_HINT, RayExecutor, local_head
 from edgefold.exporter.distributed.executor import Executor, executor_for
 from edgefold.exporter.distributed.folders import Folder
 from edgefold.exporter.distributed.local import LocalExecutor
 
-__all__ = ["RAY_EXTRA_HINT", "Executor", "Folder", "LocalExecutor", "RayExecutor", "executor_for"]
+__all__ = ["RAY_EXTRA_HINT", "Executor", "Folder", "LocalExecutor", "RayExecutor", "executor_for", "local_head"]

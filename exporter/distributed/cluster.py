@@ -8,8 +8,15 @@ line naming it, and the tasks still running are cancelled.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from edgefold.runtime import EdgefoldError
@@ -129,3 +136,44 @@ def _largest_node(ray: Any) -> float:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+@contextmanager
+def local_head(cpus: int, object_store_bytes: int = 200 * 2**20, timeout_s: float = 120.0) -> Iterator[str]:
+    """A Ray head on this machine for the length of the block; its address (127.0.0.1:PORT).
+
+    It runs in the foreground (``ray start --block``) in a process group of its own, and only that group is
+    stopped afterwards: ``ray stop`` would stop every Ray process on the machine, a cluster of the user's too.
+    """
+    with socket.socket() as probe:  # an ephemeral port: above Ray's worker ports (10002-19999), as a head's must be
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                             f"--object-store-memory={object_store_bytes}", "--disable-usage-stats",
+                             "--include-dashboard=false", "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for(head, port, timeout_s)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _wait_for(head: subprocess.Popen, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            said = head.stderr.read().decode().strip().splitlines() or ["no output"]
+            raise EdgefoldError(f"the Ray head did not start: {said[-1]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise EdgefoldError(f"the Ray head did not answer on port {port} within {timeout_s:g} s")
