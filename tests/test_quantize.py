@@ -8,9 +8,11 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.onnx.export import backend
 from edgefold.runtime.cli import main
+from edgefold.runtime.generate import greedy
 from edgefold.runtime.manifest import read_manifest
+from edgefold.runtime.session import make_feed, open_session, run
 
 
 def _ops(folder):
@@ -27,14 +29,17 @@ def test_int8_on_the_real_minilm(tmp_path, minilm_variants):
     q = int8["quantization"]
     assert q["scheme"] == "int8" and q["per_channel"]
     ops = _ops(tmp_path / "int8")
-    # per layer: QAttention (q, k, v), then attention-output, ffn-in and ffn-out
-    assert ops["QAttention"] == 6 and ops["MatMulInteger"] == 3 * 6 and ops["DynamicQuantizeLinear"] > 0
+    if backend() == "optimum":  # per layer: QAttention (q, k, v), then attention-output, ffn-in and ffn-out
+        assert ops["QAttention"] == 6 and ops["MatMulInteger"] == 3 * 6 and ops["DynamicQuantizeLinear"] > 0
+    else:  # onnxruntime's fuser finds no attention in a dynamo graph (README): all six Linears a layer, int8
+        assert "QAttention" not in ops and ops["MatMulInteger"] == 6 * 6 and ops["DynamicQuantizeLinear"] > 0
     # quantisation moves the outputs, a little: measured against both the fp32 graph and the original
     assert 0.9 < q["fidelity_vs_original"]["mean_cosine"] < 1.0 and q["max_abs_diff_vs_fp32"] > 0
     assert int8["parity"]["max_abs_diff"] <= 1e-3  # the fp32 fold itself was checked first
-    model = ort_model_class("feature-extraction").from_pretrained(tmp_path / "int8")
-    inputs = transformers.AutoTokenizer.from_pretrained(tmp_path / "int8")(["int8 on a phone"], return_tensors="pt")
-    assert model(**inputs).last_hidden_state.shape == (1, inputs["input_ids"].shape[1], 384)
+    session = open_session(tmp_path / "int8" / "model.onnx")
+    inputs = transformers.AutoTokenizer.from_pretrained(tmp_path / "int8")(["int8 on a phone"], return_tensors="np")
+    hidden = run(session, None, make_feed(session, inputs["input_ids"], inputs["attention_mask"]))[0]
+    assert hidden.shape == (1, inputs["input_ids"].shape[1], 384)
 
 
 def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
@@ -51,9 +56,10 @@ def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
     assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights], "a weight left fp32"
     assert manifest["quantization"]["fidelity_vs_fp32"]["mean_cosine"] > 0.9
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = ort_model_class("text-generation").from_pretrained(folder)
-    prompt = tokenizer(["Once upon a time"], return_tensors="pt", return_token_type_ids=False)
-    assert model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=0).shape[1] > 3
+    session = open_session(folder / "model.onnx")
+    prompt = tokenizer(["Once upon a time"], return_tensors="np", return_token_type_ids=False)
+    tokens = greedy(session, prompt["input_ids"], prompt["attention_mask"], 3)
+    assert tokens.shape == (1, prompt["input_ids"].shape[1] + 3)
 
 
 def test_unknown_scheme_is_one_line(capsys, tiny_model, tmp_path):

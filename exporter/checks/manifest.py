@@ -9,13 +9,15 @@ from pathlib import Path
 
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods import NO_COMPRESSION
+from edgefold.exporter.onnx.export import backend
 from edgefold.exporter.planning.plan import Plan
 from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import ALL_KINDS
 from edgefold.exporter.source.loading import SourceModel
 from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
 
-_VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
+_VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxscript", "onnxruntime",
+              "numpy")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -89,6 +91,7 @@ def build_manifest(source: SourceModel, config: CompressionConfig, records: list
         # edgefold prune: the sub-network's masks, how they were found, and the bytes it takes to download
         "sparsity": graph.get("sparsity"),
         "seconds": seconds,
+        "exporter": backend(),  # which ONNX exporter wrote the graph: "transformers" or "optimum"
         "versions": package_versions(),
     }
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D, prune_conv1d_layer, prune_linear_layer
+from transformers.pytorch_utils import Conv1D
 
 from edgefold.exporter.methods.structured import Block, StructuredMethod
+from edgefold.exporter.nn.narrow import narrowed
 from edgefold.exporter.source.architectures import ArchitectureSpec
 
 
@@ -30,8 +31,8 @@ class PruneFFN(StructuredMethod):
                reader_weight: torch.Tensor, reader_bias: torch.Tensor | None) -> None:
         index = torch.tensor(kept, dtype=torch.long)
         for name in block.writers:
-            model.set_submodule(name, _narrowed(model.get_submodule(name), index, outputs=True))
-        reader = _narrowed(model.get_submodule(block.reader), index, outputs=False)
+            model.set_submodule(name, narrowed(model.get_submodule(name), index, outputs=True))
+        reader = narrowed(model.get_submodule(block.reader), index, outputs=False)
         weight = reader_weight.t() if isinstance(reader, Conv1D) else reader_weight  # Conv1D stores (in x out)
         reader.weight = nn.Parameter(weight.to(reader.weight.dtype).contiguous())
         reader.bias = None if reader_bias is None else nn.Parameter(reader_bias.to(reader.weight.dtype).contiguous())
@@ -40,14 +41,3 @@ class PruneFFN(StructuredMethod):
 
 def _input_width(module: nn.Module) -> int:
     return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
-
-
-def _narrowed(module: nn.Module, index: torch.Tensor, outputs: bool) -> nn.Module:
-    """A copy of the Linear (or GPT-2 Conv1D) keeping the outputs (or inputs) at ``index``."""
-    if isinstance(module, Conv1D):
-        narrowed = prune_conv1d_layer(module, index, dim=1 if outputs else 0)
-    elif isinstance(module, nn.Linear):
-        narrowed = prune_linear_layer(module, index, dim=0 if outputs else 1)
-    else:
-        raise TypeError(f"prune-ffn narrows Linear and Conv1D modules, not {type(module).__name__}")
-    return narrowed.to(module.weight.dtype)

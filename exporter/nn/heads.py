@@ -7,15 +7,16 @@ grouped-query attention (Llama, Mistral, Qwen2 with fewer key/value heads than q
 key/value head ``h // group``; one removable unit is then a key/value head with the ``group`` query heads that
 share it, so the group ratio, which the forward pass takes from the module, stays what it was.
 
-BERT-likes, DistilBERT and GPT-2 lose heads through transformers' own ``prune_heads``, which also keeps the
-attention's head counts; ``config.pruned_heads`` records them, so a saved config rebuilds the narrower model.
-The Llama family has no ``prune_heads``: its projections are sliced here (its forward infers the head count from
-the tensors; the group ratio and head width are the module's). Its config can hold only what optimum reads to
-shape the KV cache, one shape for every layer: ``num_key_value_heads`` takes the kept count, and
-``num_attention_heads`` stays the original, because ``ORTModelForCausalLM`` sizes a head as ``hidden_size //
-num_attention_heads``. ``pruned_heads`` then lists the removed query heads, as transformers' convention has it
-(original count, removed heads); transformers cannot prune a Llama, so it refuses to build one from this config
-instead of building a wrong one.
+A layer loses heads by slicing: the query, key and value projections keep the kept heads' rows, the output
+projection their columns, and the attention module's head counts follow (transformers' own ``prune_heads`` did
+the same for BERT-likes, DistilBERT and GPT-2 until transformers 5 removed it; every forward here infers the head
+count from the tensors or reads the counts set here). ``config.pruned_heads`` records the removed query heads
+(original numbering), as transformers' convention had it.
+
+A Llama-family config can hold only what an exporter reads to shape the KV cache, one shape for every layer:
+``num_key_value_heads`` takes the kept count, and ``num_attention_heads`` stays the original, because
+``ORTModelForCausalLM`` sizes a head as ``hidden_size // num_attention_heads``; transformers 4 cannot prune a
+Llama, so it refuses to build one from this config instead of building a wrong one.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.pytorch_utils import prune_linear_layer
 
+from edgefold.exporter.nn.narrow import narrowed
 from edgefold.exporter.source.architectures import ArchitectureSpec
 
 #: How far above the output projection each family's attention module sits (BERT nests it in ``output``).
 _ATTENTION_DEPTH = {"bert": 2, "distilbert": 1, "gpt2": 1, "llama": 1}
-#: Families whose attention modules have transformers' ``prune_heads``.
-_TRANSFORMERS_PRUNED = ("bert", "distilbert", "gpt2")
 
 
 @dataclass(frozen=True)
@@ -79,14 +78,19 @@ def remove_heads(model: nn.Module, spec: ArchitectureSpec, reader: str, kept: li
     removed = [h for unit in range(layout.units) if unit not in kept
                for h in range(unit * layout.group, (unit + 1) * layout.group)]
     removed = _original_heads(model.config, layer, layout.units * layout.group, removed)
-    if spec.name in _TRANSFORMERS_PRUNED:
-        attention.prune_heads(removed)
-    else:
+    if spec.name == "llama":
         _check_same_count(model.config, layer, len(kept))
-        _slice_grouped(attention, layout, kept)
         model.config.num_key_value_heads = len(kept)
-    recorded = set(model.config.pruned_heads.get(layer, ()))
+    _SLICERS[spec.name](attention, layout, kept)
+    recorded = set(pruned_heads(model.config).get(layer, ()))
     model.config.pruned_heads[layer] = sorted(recorded | set(removed))
+
+
+def pruned_heads(config: PretrainedConfig) -> dict[int, list[int]]:
+    """``config.pruned_heads``, created empty where the config has none (transformers 5 dropped the field)."""
+    if getattr(config, "pruned_heads", None) is None:
+        config.pruned_heads = {}
+    return config.pruned_heads
 
 
 def layer_index(module_name: str) -> int:
@@ -100,23 +104,60 @@ def layer_index(module_name: str) -> int:
 def _original_heads(config: PretrainedConfig, layer: int, count: int, heads: list[int]) -> list[int]:
     """``heads`` of a layer with ``count`` heads left, numbered as before any removal (as transformers'
     ``prune_heads`` and ``config.pruned_heads`` number them)."""
-    gone = set(config.pruned_heads.get(layer, ()))
+    gone = set(pruned_heads(config).get(layer, ()))
     remaining = sorted(set(range(count + len(gone))) - gone)
     return [remaining[h] for h in heads]
 
 
 def _check_same_count(config: PretrainedConfig, layer: int, count: int) -> None:
     """The config holds one key/value head count for all layers: a layer may not keep another number."""
-    if any(other != layer for other in config.pruned_heads) and config.num_key_value_heads != count:
+    if any(other != layer for other in pruned_heads(config)) and config.num_key_value_heads != count:
         raise ValueError(f"layer {layer} would keep {count} key/value heads where the layers pruned before keep "
                          f"{config.num_key_value_heads}: every layer must keep the same number")
 
 
 def _slice_grouped(attention: nn.Module, layout: HeadLayout, kept: list[int]) -> None:
-    """Llama-family slicing: q and o keep the kept units' query heads, k and v their key/value heads."""
-    columns = torch.cat([layout.unit_columns()[unit] for unit in kept])
+    """Llama family: q and o keep the kept units' query heads, k and v their key/value heads (the forward infers
+    the counts from the tensors)."""
+    columns = _columns(layout, kept)
     key_rows = torch.cat([torch.arange(unit * layout.head_dim, (unit + 1) * layout.head_dim) for unit in kept])
-    attention.q_proj = prune_linear_layer(attention.q_proj, columns, dim=0)
-    attention.k_proj = prune_linear_layer(attention.k_proj, key_rows, dim=0)
-    attention.v_proj = prune_linear_layer(attention.v_proj, key_rows, dim=0)
-    attention.o_proj = prune_linear_layer(attention.o_proj, columns, dim=1)
+    attention.q_proj = narrowed(attention.q_proj, columns, outputs=True)
+    attention.k_proj = narrowed(attention.k_proj, key_rows, outputs=True)
+    attention.v_proj = narrowed(attention.v_proj, key_rows, outputs=True)
+    attention.o_proj = narrowed(attention.o_proj, columns, outputs=False)
+
+
+def _slice_bert(attention: nn.Module, layout: HeadLayout, kept: list[int]) -> None:
+    columns = _columns(layout, kept)
+    for name in ("query", "key", "value"):
+        setattr(attention.self, name, narrowed(getattr(attention.self, name), columns, outputs=True))
+    attention.output.dense = narrowed(attention.output.dense, columns, outputs=False)
+    attention.self.num_attention_heads = len(kept)
+    attention.self.all_head_size = len(kept) * layout.head_dim
+
+
+def _slice_distilbert(attention: nn.Module, layout: HeadLayout, kept: list[int]) -> None:
+    columns = _columns(layout, kept)
+    for name in ("q_lin", "k_lin", "v_lin"):
+        setattr(attention, name, narrowed(getattr(attention, name), columns, outputs=True))
+    attention.out_lin = narrowed(attention.out_lin, columns, outputs=False)
+    attention.n_heads = len(kept)
+    attention.dim = len(kept) * layout.head_dim  # transformers 4 merges the heads back to ``dim``
+
+
+def _slice_gpt2(attention: nn.Module, layout: HeadLayout, kept: list[int]) -> None:
+    """GPT-2 packs q, k and v side by side in one Conv1D, each ``split_size`` wide, and splits them by it."""
+    columns = _columns(layout, kept)
+    width = attention.split_size
+    attention.c_attn = narrowed(attention.c_attn, torch.cat([columns, columns + width, columns + 2 * width]),
+                                outputs=True)
+    attention.c_proj = narrowed(attention.c_proj, columns, outputs=False)
+    attention.num_heads = len(kept)
+    attention.split_size = len(kept) * layout.head_dim
+
+
+def _columns(layout: HeadLayout, kept: list[int]) -> torch.Tensor:
+    return torch.cat([layout.unit_columns()[unit] for unit in kept])
+
+
+_SLICERS = {"bert": _slice_bert, "distilbert": _slice_distilbert, "gpt2": _slice_gpt2, "llama": _slice_grouped}

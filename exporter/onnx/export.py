@@ -1,14 +1,25 @@
-"""Every call into optimum lives here, so a move to another exporter is this one file's work."""
+"""The one module that exports a transformers model to ONNX: every call into an exporter goes through here.
+
+Two backends, chosen by what is installed (``backend()``):
+
+- ``"transformers"``: transformers 5's own exporter (``transformers.exporters``, torch.export and the dynamo ONNX
+  exporter), what ``pip install "edgefold[export]"`` installs;
+- ``"optimum"``: optimum-onnx on transformers 4.57 (TorchScript), ``pip install "edgefold[export-legacy]"``.
+
+Both write the same folder: ``model.onnx`` with optimum's input and output names (``input_ids``,
+``attention_mask``, ``token_type_ids``, ``position_ids``, ``past_key_values.N.key/value``; ``last_hidden_state``,
+``logits``, ``present.N.key/value``) and nodes named after their module (``/encoder/layer.0/.../MatMul``, which
+per-module quantisation reads), ``config.json`` and the tokenizer files.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
+import importlib.util
 from pathlib import Path
 
 import transformers
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto import modeling_auto
 
 from edgefold.runtime import EdgefoldError
 
@@ -26,28 +37,52 @@ ORT_MODEL_CLASSES = {
     "fill-mask": "ORTModelForMaskedLM",
     "text-generation": "ORTModelForCausalLM",
 }
+#: Per task, transformers' own table of the model classes that do it (model_type -> class name), as optimum's
+#: TasksManager reads them; checked in this order, so a causal LM head is not taken for a bare encoder.
+_TASK_CLASS_TABLES = (
+    ("text-generation", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    ("fill-mask", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    ("text-classification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
+    ("token-classification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
+    ("question-answering", "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"),
+    ("feature-extraction", "MODEL_MAPPING_NAMES"),
+)
+
+
+def backend() -> str:
+    """``"optimum"`` where optimum-onnx is installed (transformers 4), else ``"transformers"`` (transformers 5's
+    own exporter); one line naming the extras where neither can export."""
+    if importlib.util.find_spec("optimum") and importlib.util.find_spec("optimum.exporters.onnx"):
+        return "optimum"
+    if importlib.util.find_spec("transformers.exporters"):
+        return "transformers"
+    raise EdgefoldError(f"transformers {transformers.__version__} has no ONNX exporter and optimum-onnx is not "
+                        "installed: pip install \"edgefold[export]\" (transformers 5) or \"edgefold[export-legacy]\"")
 
 
 def infer_task(config: PretrainedConfig) -> str:
     """The task of a checkpoint, from the class named in its config (as ``optimum-cli export onnx`` does)."""
-    from optimum.exporters.tasks import TasksManager
-
     architectures = config.architectures or []
     model_class = getattr(transformers, architectures[0], None) if architectures else None
-    if model_class is None:
+    task = _task_of_class(model_class.__name__) if model_class is not None else None
+    if task is None:
         raise EdgefoldError(
             f"cannot tell the task of this model (architectures: {architectures}); pass --task "
             f"({', '.join(TASK_AUTO_CLASSES)})"
         )
-    task = TasksManager.infer_task_from_model(model_class)
     return check_task(task)
 
 
 def task_of_model(model: PreTrainedModel) -> str:
-    """The task of a loaded model, from its class (may be one edgefold does not export)."""
-    from optimum.exporters.tasks import TasksManager
+    """The task of a loaded model, from its class (may be one edgefold does not export, or ``"unknown"``)."""
+    return _task_of_class(type(model).__name__) or "unknown"
 
-    return TasksManager.infer_task_from_model(type(model))
+
+def _task_of_class(class_name: str) -> str | None:
+    for task, table in _TASK_CLASS_TABLES:
+        if class_name in set(getattr(modeling_auto, table, {}).values()):
+            return task
+    return None
 
 
 def check_task(task: str) -> str:
@@ -57,110 +92,25 @@ def check_task(task: str) -> str:
 
 
 def export_onnx(model: PreTrainedModel, task: str, output_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """Write ``model.onnx``, ``config.json`` and the tokenizer files for ``task`` into ``output_dir``.
-
-    Causal LMs get a KV cache (optimum's ``text-generation-with-past``), as ``ORTModelForCausalLM`` expects.
-    A causal LM whose config sizes its cache as ``n_head`` heads per layer while its layers lost heads (GPT-2
-    pruned by transformers' ``prune_heads``) is exported with a cache of each layer's kept heads, the heads axis
-    of its cache inputs symbolic (see ``_per_layer_cache_config``).
-    """
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    export_task = "text-generation-with-past" if task == "text-generation" else task
-    per_layer = _per_layer_cache_config(model, export_task)
-    with warnings.catch_warnings():
-        # The TorchScript tracer warns about every Python branch on a shape; none of them is ours to act on.
-        warnings.simplefilter("ignore")
-        logging.getLogger("optimum").setLevel(logging.ERROR)
-        onnx_export_from_model(
-            model,
-            output_dir,
-            task=export_task,
-            do_validation=False,  # edgefold checks parity itself, on real text, with its own tolerance
-            preprocessors=[tokenizer],
-            custom_onnx_configs=None if per_layer is None else {"model": per_layer},
-        )
+    """Write ``model.onnx``, ``config.json`` and the tokenizer files for ``task`` into ``output_dir``; causal LMs
+    get a KV cache, as ``ORTModelForCausalLM`` expects."""
+    if backend() == "optimum":
+        from edgefold.exporter.onnx import optimum_backend as chosen
+    else:
+        from edgefold.exporter.onnx import dynamo_backend as chosen
+    chosen.export(model, check_task(task), output_dir, tokenizer)
     onnx_path = output_dir / "model.onnx"
     if not onnx_path.is_file():
-        raise EdgefoldError(f"optimum wrote no model.onnx into {output_dir}")
+        raise EdgefoldError(f"the {backend()} exporter wrote no model.onnx into {output_dir}")
     return onnx_path
 
 
-def _per_layer_cache_config(model: PreTrainedModel, export_task: str):
-    """optimum's export config for ``model`` with a KV cache of each layer's kept heads, or None where optimum's
-    own config fits: no KV cache, no heads pruned, or a cache optimum sizes from other fields (a Llama's
-    ``num_key_value_heads``, which the config keeps true).
-
-    optimum sizes a GPT-2-like cache as ``n_head`` heads of ``n_embd // n_head`` values in every layer, and the
-    config (original ``n_head``, removed heads in ``pruned_heads``, as transformers writes it) cannot say fewer.
-    The export dummies here have each layer's own head count, and the heads axis of the ``past_key_values.*``
-    inputs is symbolic: ``ORTModelForCausalLM``'s first, empty cache still has ``n_head`` heads, and with no past
-    tokens onnxruntime's Concat skips it. The ``present.*`` outputs keep their exact, static head counts.
-    """
-    pruned = getattr(model.config, "pruned_heads", None)
-    if not pruned or not export_task.endswith("-with-past"):
-        return None
-    from optimum.exporters.tasks import TasksManager
-
-    constructor = TasksManager.get_exporter_config_constructor(model=model, exporter="onnx", task=export_task,
-                                                               library_name="transformers")
-    per_layer_class = _per_layer_cache_class(constructor.func)
-    if per_layer_class is None:
-        return None
-    dtype = next(model.parameters()).dtype
-    float_dtype = {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(str(dtype), "fp32")
-    return per_layer_class(model.config, **{**constructor.keywords, "use_past_in_inputs": True},
-                           float_dtype=float_dtype)
-
-
-@functools.cache
-def _per_layer_cache_class(config_class: type):
-    """A subclass of optimum's export config ``config_class`` whose cache has each layer's kept heads, or None
-    where ``config_class`` does not size its cache as ``num_attention_heads`` heads in every layer."""
-    from optimum.utils import DummyPastKeyValuesGenerator
-
-    if config_class.DUMMY_PKV_GENERATOR_CLASS is not DummyPastKeyValuesGenerator:
-        return None
-
-    class PerLayerPastKeyValuesGenerator(DummyPastKeyValuesGenerator):
-        def __init__(self, task, normalized_config, **kwargs):
-            super().__init__(task, normalized_config, **kwargs)
-            self.layer_heads = _layer_heads(normalized_config)
-
-        def generate(self, input_name: str, framework: str = "pt", int_dtype: str = "int64",
-                     float_dtype: str = "fp32"):
-            width = self.hidden_size // self.num_attention_heads  # head width does not change when heads go
-            return [tuple(self.random_float_tensor((self.batch_size, heads, self.sequence_length, width),
-                                                   framework=framework, dtype=float_dtype) for _ in range(2))
-                    for heads in self.layer_heads]
-
-    class PerLayerCacheConfig(config_class):
-        DUMMY_INPUT_GENERATOR_CLASSES = tuple(
-            PerLayerPastKeyValuesGenerator if generator is DummyPastKeyValuesGenerator else generator
-            for generator in config_class.DUMMY_INPUT_GENERATOR_CLASSES)
-        DUMMY_PKV_GENERATOR_CLASS = PerLayerPastKeyValuesGenerator
-
-        def add_past_key_values(self, inputs_or_outputs: dict[str, dict[int, str]], direction: str):
-            super().add_past_key_values(inputs_or_outputs, direction)
-            if direction == "inputs":
-                for name, axes in inputs_or_outputs.items():
-                    if name.startswith("past_key_values."):
-                        layer = name.split(".")[1]
-                        inputs_or_outputs[name] = dict(sorted({**axes, 1: f"past_heads.{layer}"}.items()))
-
-    PerLayerCacheConfig.__name__ = PerLayerCacheConfig.__qualname__ = f"PerLayerCache{config_class.__name__}"
-    return PerLayerCacheConfig
-
-
-def _layer_heads(normalized_config) -> list[int]:
-    """Per layer, the heads left: ``num_attention_heads`` less those ``pruned_heads`` lists for it."""
-    pruned = normalized_config.config.pruned_heads
-    return [normalized_config.num_attention_heads - len(pruned.get(layer, ()))
-            for layer in range(normalized_config.num_layers)]
-
-
 def ort_model_class(task: str):
-    """The optimum ORTModel class that loads an exported folder of ``task``."""
+    """The optimum ORTModel class that loads an exported folder of ``task``: only with optimum-onnx installed,
+    which transformers 5 cannot import (run the folder with onnxruntime, as ``edgefold.runtime`` does, instead)."""
+    if backend() != "optimum":
+        raise EdgefoldError("optimum's ORTModel classes need optimum-onnx, which needs transformers<4.58: "
+                            "pip install \"edgefold[export-legacy]\", or run the folder with onnxruntime")
     import optimum.onnxruntime
 
     return getattr(optimum.onnxruntime, ORT_MODEL_CLASSES[check_task(task)])

@@ -91,7 +91,7 @@ ARCHITECTURES = (
     ),
     ArchitectureSpec(
         "llama",
-        ("llama", "mistral", "qwen2"),
+        ("llama", "mistral", "qwen2", "ministral3"),
         r"(^|\.)embed_tokens$",
         {
             r"self_attn\.q_proj$": ("q",),

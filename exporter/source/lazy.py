@@ -1,7 +1,7 @@
 """A model whose weights stay in their safetensors files until a part of it runs: models larger than memory.
 
-:meth:`LazyWeights.skeleton` builds the model with every parameter on torch's meta device (transformers'
-``init_empty_weights``, which needs torch alone; buffers such as rotary frequencies are computed at construction
+:meth:`LazyWeights.skeleton` builds the model with every parameter on torch's meta device (as accelerate's
+``init_empty_weights`` does; buffers such as rotary frequencies are computed at construction
 and stay real). :meth:`LazyWeights.materialise` reads a part's tensors from the files (memory-mapped, opened for
 that call only, so no mapping outlives it) and :meth:`LazyWeights.release` puts them back on the meta device.
 What is resident is counted: ``resident_bytes`` now, ``peak_bytes`` at most.
@@ -9,6 +9,8 @@ What is resident is counted: ``resident_bytes`` now, ``peak_bytes`` at most.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,6 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.integrations.accelerate import init_empty_weights
 
 from edgefold.exporter.onnx.export import TASK_AUTO_CLASSES
 from edgefold.exporter.source.loading import SourceModel
@@ -56,7 +57,7 @@ class LazyWeights:
         """The model in float32 eval mode with its parameters on the meta device (buffers the file holds read);
         a parameter the files lack is refused now, before any work."""
         auto_class = getattr(transformers, TASK_AUTO_CLASSES[self.source.task])
-        with init_empty_weights():
+        with _parameters_on_meta():
             model = auto_class.from_config(self.source.config, trust_remote_code=trust_remote_code,
                                            dtype=torch.float32)
         model.tie_weights()  # a head sharing the embeddings (lm_head, BERT's decoder) holds the same parameter
@@ -137,3 +138,21 @@ def _meta_parameters(model: nn.Module, prefix: str) -> dict[str, list[tuple[str,
 
 def _under(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(f"{prefix}.")
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter a module registers inside is moved to the meta device; buffers stay real. (transformers 5
+    no longer has ``init_empty_weights``, and a ``torch.device("meta")`` context would take the buffers too.)"""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register

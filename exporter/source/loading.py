@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from edgefold.exporter.onnx.export import TASK_AUTO_CLASSES, check_task, infer_task
 from edgefold.exporter.source.architectures import spec_for
@@ -132,13 +135,14 @@ def load_model(source: SourceModel, trust_remote_code: bool = False) -> PreTrain
     """The model in float32 eval mode; corrupt, truncated or incomplete weights are refused."""
     auto_class = getattr(transformers, TASK_AUTO_CLASSES[source.task])
     try:
-        model, info = auto_class.from_pretrained(
-            source.path,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=source.weight_files[0].suffix == ".safetensors",
-            dtype="float32",
-            output_loading_info=True,
-        )
+        with _quiet_transformers():
+            model, info = auto_class.from_pretrained(
+                source.path,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=source.weight_files[0].suffix == ".safetensors",
+                dtype="float32",
+                output_loading_info=True,
+            )
     except Exception as error:
         raise EdgefoldError(f"cannot load the weights of {source.name}: {_first_line(error)}") from None
     if info.get("missing_keys"):
@@ -148,6 +152,21 @@ def load_model(source: SourceModel, trust_remote_code: bool = False) -> PreTrain
             f"(first: {missing[0]}); they are incomplete or for another task"
         )
     return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bar or loading report from transformers (5 prints both for every load): edgefold reports its
+    own progress, and what the load found wrong is checked here and said in one line."""
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(source: SourceModel) -> PreTrainedTokenizerBase:
