@@ -12,7 +12,7 @@ import transformers
 from conftest import MINILM, requires_optimum
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.exporter.onnx.export import ort_model_class
+from edgefold.exporter.onnx.export import backend, ort_model_class
 from edgefold.runtime.metrics import mean_pool, row_cosines
 from edgefold.runtime.session import make_feed, open_session
 
@@ -90,7 +90,8 @@ def test_manifest_records_source_budget_and_checks(minilm_r2):
     assert totals["bytes_before"] == (MINILM / "model.safetensors").stat().st_size
     assert manifest["parity"]["max_abs_diff"] <= manifest["parity"]["atol"] == 1e-3
     assert 0 < manifest["fidelity"]["min_cosine"] <= manifest["fidelity"]["mean_cosine"] < 1
-    for package in ("torch", "transformers", "optimum", "onnx", "onnxruntime"):
+    assert manifest["exporter"] == backend()
+    for package in ("torch", "transformers", "onnx", "onnxruntime", *(("optimum",) if backend() == "optimum" else ())):
         assert manifest["versions"][package]
 
 

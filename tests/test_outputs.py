@@ -116,8 +116,14 @@ def test_an_interrupt_between_the_two_renames_waits_until_both_are_done(tmp_path
         return moved
 
     monkeypatch.setattr(Path, "rename", rename_then_interrupt)
-    with pytest.raises(KeyboardInterrupt), staged_folder(out) as staging:
-        (staging / "edgefold.json").write_text("new")
+    # Python's own Ctrl-C handler, whatever a library imported by an earlier test installed (in CI's transformers 5
+    # run one was left in place, and Ctrl-C no longer raised KeyboardInterrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), staged_folder(out) as staging:
+            (staging / "edgefold.json").write_text("new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (out / "edgefold.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

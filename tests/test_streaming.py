@@ -123,7 +123,8 @@ def test_what_needs_the_whole_model_is_refused_in_one_line(tiny_model, tmp_path,
 def test_bin_weights_are_refused_in_one_line(tiny_model, tmp_path):
     folder = tmp_path / "bin-only"
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model(LLAMA))
-    model.save_pretrained(folder, safe_serialization=False)
+    model.config.save_pretrained(folder)  # transformers 5 saves safetensors only: the .bin is written here
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
     transformers.AutoTokenizer.from_pretrained(tiny_model(LLAMA)).save_pretrained(folder)
     with pytest.raises(EdgefoldError, match=r"\.bin weights only") as error:
         export(folder, tmp_path / "out", CompressionConfig(method="svd"), progress=False, streamed=True)
