@@ -30,7 +30,7 @@ CASES = [  # (targets, ratio)
 
 def run_export(targets: str, ratio: float, out: Path) -> tuple[float, int, dict]:
     """(wall seconds, peak RSS bytes, manifest) of one ``edgefold export`` process."""
-    command = [sys.executable, "-m", "edgefold.runtime.cli", "export", MODEL, str(out), "--targets", targets,
+    command = [sys.executable, "-m", "edgefold.cli", "export", MODEL, str(out), "--targets", targets,
                "--ratio", str(ratio), "--overwrite", "--quiet"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

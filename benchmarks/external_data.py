@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: The export command, which then reports its own peak resident size (ru_maxrss, KiB on Linux) on stderr.
-_REPORTING_PEAK_RSS = ("import resource, sys\nfrom edgefold.runtime.cli import main\ncode = main(sys.argv[1:])\n"
+_REPORTING_PEAK_RSS = ("import resource, sys\nfrom edgefold.cli import main\ncode = main(sys.argv[1:])\n"
                        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
                        "sys.exit(code)")
 CACHE = HERE / ".cache" / "llama-0.55b"

@@ -121,7 +121,7 @@ def module_times() -> dict:
 def run_search(out: Path, workers: int, address: str | None) -> dict:
     flags = ["--quiet", "--max-candidates", str(SEARCH_CANDIDATES), "--workers", str(workers)]
     flags += ["--ray", address] if address else []
-    seconds, done = timed(lambda: subprocess.run([sys.executable, "-m", "edgefold.runtime.cli", "export", MODEL,
+    seconds, done = timed(lambda: subprocess.run([sys.executable, "-m", "edgefold.cli", "export", MODEL,
                                                   str(out), *flags], capture_output=True, text=True, check=False))
     if done.returncode != 0:
         raise SystemExit(f"search {flags} failed: {done.stderr.strip().splitlines()[-2:]}")

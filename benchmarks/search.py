@@ -52,7 +52,7 @@ FIXED = {  # name: (compression, graph) as a user would ask for them (fusions me
     "README recipe: emb 2x svd-freq + int4": (dict(targets="embeddings", ratio=2, frequency=True),
                                               dict(quantize="int4")),
 }
-_PEAK = ("import resource, sys; from edgefold.runtime.cli import main; code = main(sys.argv[1:]); "
+_PEAK = ("import resource, sys; from edgefold.cli import main; code = main(sys.argv[1:]); "
          "print('PEAK_RSS_KB', max(resource.getrusage(w).ru_maxrss for w in "
          "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)), file=sys.stderr); sys.exit(code)")
 

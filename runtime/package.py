@@ -318,12 +318,16 @@ def requirements_text(wheel: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_WHEEL_PACKAGES = ("runtime", "cli")
+
+
 def runtime_wheel() -> tuple[str, bytes]:
-    """A pure-Python wheel of the installed ``edgefold.runtime`` alone (no exporter): (file name, bytes)."""
+    """A pure-Python wheel of the installed ``edgefold.runtime`` and the command line (no exporter): (file name,
+    bytes). The command line imports the exporter only for ``export`` and ``prune``, which then say what to install."""
     version = metadata.version("edgefold")
     dist_info = f"edgefold-{version}.dist-info"
-    package = resources.files("edgefold.runtime")
-    files = {f"edgefold/runtime/{rel}": data for rel, data in _package_files(Path(str(package)))}
+    files = {f"edgefold/{name}/{rel}": data for name in _WHEEL_PACKAGES
+             for rel, data in _package_files(Path(str(resources.files(f"edgefold.{name}"))))}
     requires = [r for r in metadata.requires("edgefold") or [] if "extra ==" not in r]
     files[f"{dist_info}/METADATA"] = "\n".join(
         ["Metadata-Version: 2.1", "Name: edgefold", f"Version: {version}",
@@ -332,7 +336,7 @@ def runtime_wheel() -> tuple[str, bytes]:
          *(f"Requires-Dist: {r}" for r in requires)]).encode() + b"\n"
     files[f"{dist_info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: edgefold pack\nRoot-Is-Purelib: true\n"
                                    b"Tag: py3-none-any\n")
-    files[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\nedgefold = edgefold.runtime.cli:main\n"
+    files[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\nedgefold = edgefold.cli:main\n"
     record = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in files.items()]
     files[f"{dist_info}/RECORD"] = ("\n".join(record + [f"{dist_info}/RECORD,,"]) + "\n").encode()
     buffer = io.BytesIO()

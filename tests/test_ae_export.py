@@ -14,7 +14,7 @@ from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.calibration.corpus import Calibration, row_weights
 from edgefold.exporter.methods import AutoencoderOptions, FitContext, get_method
 from edgefold.exporter.methods.frequency import fit_frequency_aware
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.session import make_feed, open_session, run
 
 FAST = AutoencoderOptions(epochs=2, validate_every=1)

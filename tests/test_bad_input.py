@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import tree_digest
 
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 
 
 def _fails(capsys, *argv, match: str) -> str:

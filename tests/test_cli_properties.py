@@ -17,7 +17,7 @@ from conftest import tree_digest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edgefold.runtime.cli import build_parser, main
+from edgefold.cli import build_parser, main
 
 
 class ReachedWork(BaseException):

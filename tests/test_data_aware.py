@@ -13,7 +13,7 @@ from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION, Calibratio
 from edgefold.exporter.calibration.statistics import collect_statistics, input_moments
 from edgefold.exporter.checks.verify import fidelity
 from edgefold.exporter.methods import AutoencoderOptions, FitContext, get_method
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run
 from edgefold.runtime.texts import shipped_texts

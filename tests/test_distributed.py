@@ -21,7 +21,7 @@ from edgefold.exporter.search.sensitivity import measure_space
 from edgefold.exporter.search.splits import Splits
 from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.manifest import read_manifest
 
 

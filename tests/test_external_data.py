@@ -98,7 +98,7 @@ def test_pack_carries_the_external_data_and_the_unpacked_folder_runs(tiny_model,
     assert json.loads((unpacked / "edgefold.json").read_text())["files"]["model.onnx_data"] == \
         (unpacked / "model.onnx_data").stat().st_size
 
-    from edgefold.runtime.cli import main
+    from edgefold.cli import main
     assert main(["bench", str(unpacked), "--threads", "1", "--seq", "16", "--warmup", "1", "--iterations", "2",
                  "--min-seconds", "0", "-o", str(tmp_path / "bench.json")]) == 0
     bench = json.loads((tmp_path / "bench.json").read_text())

@@ -20,7 +20,7 @@ import edgefold.exporter.search.latency as latency
 import edgefold.runtime.optable as optable
 from edgefold.exporter.search.latency import OpShape, measure_table, model_latency, write_probes
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.optable import PRECISIONS, LatencyTable, read_probes, time_probes
 from edgefold.runtime.outputs import write_json
 
@@ -292,7 +292,7 @@ def test_model_latency_of_a_whole_graph(tmp_path):
 
 
 def test_the_runtime_table_imports_neither_onnx_nor_torch():
-    code = ("import sys, edgefold.runtime.optable, edgefold.runtime.cli.bench\n"
+    code = ("import sys, edgefold.runtime.optable, edgefold.cli.bench\n"
             "print(sorted(m for m in ('onnx', 'torch', 'transformers', 'edgefold.exporter') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

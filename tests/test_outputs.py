@@ -16,7 +16,7 @@ import pytest
 from conftest import MINILM, tree_digest
 
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.outputs import check_folder_output, check_json_output, staged_folder, write_json
 
 
@@ -139,7 +139,7 @@ def test_a_signal_during_export_leaves_nothing_behind(tmp_path, sig, code, word)
     """SIGTERM (kill, timeout, CI) and Ctrl-C while the ONNX file is written: no output, no staging folder."""
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgefold.runtime.cli", "export", str(MINILM), str(out), "--method", "none"],
+        [sys.executable, "-m", "edgefold.cli", "export", str(MINILM), str(out), "--method", "none"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         # A test run started in the background inherits SIGINT ignored, and so would the export: restore it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

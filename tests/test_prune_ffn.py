@@ -17,7 +17,7 @@ from edgefold.exporter.planning.sensitivity import Sensitivity, allocate, candid
 from edgefold.exporter.prune import output_error, prune_, repair, top_units, unit_scores
 from edgefold.exporter.source.architectures import parse_targets, spec_for
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run
 from edgefold.runtime.texts import shipped_texts

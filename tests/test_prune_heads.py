@@ -20,7 +20,7 @@ from edgefold.exporter.nn.swap import dense_weight
 from edgefold.exporter.onnx.export import backend, export_onnx
 from edgefold.exporter.prune import repair
 from edgefold.exporter.source.architectures import spec_for
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run
 from edgefold.runtime.texts import shipped_texts

@@ -9,7 +9,7 @@ from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.onnx.export import backend
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.manifest import read_manifest
 from edgefold.runtime.session import make_feed, open_session, run

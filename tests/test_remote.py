@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sshd import keygen, relay, skip_reason, start_sshd
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.errors import EdgefoldError
 from edgefold.runtime.remote import SshSettings, parse_device
 from edgefold.runtime.remote.ssh import agent_command
@@ -305,7 +305,7 @@ def test_sigterm_on_the_host_stops_the_device_side_too(server, device_root, tiny
     import signal
     import time
 
-    argv = [sys.executable, "-m", "edgefold.runtime.cli", "bench", str(tiny_export), "--threads", "1", "--seq", "16",
+    argv = [sys.executable, "-m", "edgefold.cli", "bench", str(tiny_export), "--threads", "1", "--seq", "16",
             "--min-seconds", "120", *on(server, device_root), "-o", str(tmp_path)]
     host = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in host.stderr:
@@ -382,9 +382,9 @@ def test_one_command_measures_an_x86_and_an_emulated_arm_device_and_report_merge
        level=st.sampled_from(["disable", "basic", "extended", "all"]))
 def test_the_flags_a_device_gets_mean_what_the_user_gave(threads, seq, warmup, no_arena, inputs, level):
     """bench's flags are written back for the device's edgefold: parsed there, they are the user's settings."""
-    from edgefold.runtime.cli import build_parser
-    from edgefold.runtime.cli.bench import _FORWARDED
-    from edgefold.runtime.cli.devices import forwarded
+    from edgefold.cli import build_parser
+    from edgefold.cli.bench import _FORWARDED
+    from edgefold.cli.devices import forwarded
 
     user = ["bench", "model", "--seq", ",".join(map(str, seq)), "--warmup", str(warmup), "--inputs", inputs,
             "--ort-optimization-level", level, *(["--threads", ",".join(map(str, threads))] if threads else []),
@@ -400,9 +400,9 @@ def test_the_flags_a_device_gets_mean_what_the_user_gave(threads, seq, warmup, n
        limit=st.none() | st.integers(1, 10_000), column=st.text(min_size=1, max_size=12).filter(
            lambda c: not c.startswith("-")))
 def test_validate_flags_reach_the_device_unchanged_whatever_they_hold(gates, limit, column):
-    from edgefold.runtime.cli import build_parser
-    from edgefold.runtime.cli.devices import forwarded
-    from edgefold.runtime.cli.validate import _FORWARDED
+    from edgefold.cli import build_parser
+    from edgefold.cli.devices import forwarded
+    from edgefold.cli.validate import _FORWARDED
 
     user = ["validate", "cand", "--reference", "ref", "--text-column", column,
             *[part for gate in gates for part in ("--gate", gate)], *(["--limit", str(limit)] if limit else []),

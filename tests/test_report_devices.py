@@ -11,7 +11,7 @@ from edgefold.runtime import report as report_module
 from edgefold.runtime.bench import SCHEMA as BENCH
 from edgefold.runtime.bench import SCHEMA_VERSION as BENCH_VERSION
 from edgefold.runtime.bench import BenchSettings
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.validate import SCHEMA as VALIDATE
 from edgefold.runtime.validate import SCHEMA_VERSION as VALIDATE_VERSION
 

@@ -10,7 +10,7 @@ import pytest
 from edgefold.exporter import CompressionConfig, export
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.bench import BenchSettings, bench, format_table, model_labels
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.dataset import EvalData
 from edgefold.runtime.report import load_results
 from edgefold.runtime.validate import validate

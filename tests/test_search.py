@@ -27,7 +27,7 @@ from edgefold.exporter.search.space import Cost, Option, weight_bytes
 from edgefold.exporter.search.splits import Splits
 from edgefold.exporter.source.loading import inspect_model, load_model
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 from edgefold.runtime.dataset import EvalData
 from edgefold.runtime.manifest import read_manifest
 from edgefold.runtime.texts import shipped_texts

@@ -25,7 +25,7 @@ from edgefold.exporter.sparsity.select import global_magnitude
 from edgefold.exporter.sparsity.targets import prunable_weights
 from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
 from edgefold.runtime import EdgefoldError
-from edgefold.runtime.cli import main
+from edgefold.cli import main
 
 WORDS = "the a cat dog river mountain quick slow blue red runs sleeps under over seven twelve happy old".split()
 TEXTS = tuple(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 6)) for i in range(24))

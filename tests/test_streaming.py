@@ -132,7 +132,7 @@ def test_bin_weights_are_refused_in_one_line(tiny_model, tmp_path):
 
 
 def test_the_stream_flag_exports_through_the_cli_and_refuses_in_one_line(tiny_model, tmp_path, capsys):
-    from edgefold.runtime.cli import main
+    from edgefold.cli import main
 
     model, out = tiny_model("llama-text-generation"), tmp_path / "streamed"
     assert main(["export", str(model), str(out), "--method", "svd-whitened", "--targets", "ffn-in,ffn-out",

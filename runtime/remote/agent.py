@@ -25,7 +25,7 @@ import threading
 _RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,199})?$")
 _INSTALLER = re.compile(r"^(requirements\.txt|wheels/[A-Za-z0-9][A-Za-z0-9._+-]*\.whl)$")
-_CLI = ("-m", "edgefold.runtime.cli")
+_CLI = ("-m", "edgefold.cli")
 _CHUNK = 1 << 20
 #: Marks the agent's progress lines on stderr, apart from what ssh and the shell print there.
 PROGRESS = "edgefold-agent: "

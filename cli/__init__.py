@@ -7,7 +7,7 @@ import signal
 import sys
 from importlib import metadata
 
-from ..errors import EdgefoldError, GateFailure, one_line
+from edgefold.runtime.errors import EdgefoldError, GateFailure, one_line
 from . import bench, export, package, probes, prune, report, validate
 from .args import Parser
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EdgefoldError
-from ..outputs import check_json_output, write_json
+from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.outputs import check_json_output, write_json
 from . import args as flags
 from . import devices
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise EdgefoldError("give the exported folder to measure (or --op-table PROBES_DIR for a latency table)")
     if args.on:
         return _on_devices(args)
-    from ..bench import SCHEMA, BenchSettings, bench, format_table
+    from edgefold.runtime.bench import SCHEMA, BenchSettings, bench, format_table
 
     settings = BenchSettings(
         **({"threads": args.threads} if args.threads else {}), batch_sizes=args.batch, seq_lengths=args.seq,
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _on_devices(args: argparse.Namespace) -> int:
-    from ..folder import ExportedFolder
-    from ..remote import RemoteJob
+    from edgefold.runtime.folder import ExportedFolder
+    from edgefold.runtime.remote import RemoteJob
 
     folders = [args.folder] + ([args.compare] if args.compare else [])
     for folder in folders:
@@ -93,7 +93,7 @@ _FORWARDED = ("threads", "batch", "seq", "inputs", "warmup", "iterations", "min_
 
 
 def _op_table(args: argparse.Namespace) -> int:
-    from ..optable import TABLE_SCHEMA, LatencyTable, format_entries, read_probes, time_probes
+    from edgefold.runtime.optable import TABLE_SCHEMA, LatencyTable, format_entries, read_probes, time_probes
 
     if args.folder is not None:
         raise EdgefoldError(f"--op-table times probes, not a model: give the folder {args.folder!r} or --op-table, "

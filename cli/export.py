@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..dataset import EvalData, load_data
-from ..errors import EdgefoldError
+from edgefold.runtime.dataset import EvalData, load_data
+from edgefold.runtime.errors import EdgefoldError
 from . import args as flags
 
 EXPORT_EXTRA_HINT = 'the exporter is not installed: pip install "edgefold[export]"'

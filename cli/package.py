@@ -25,7 +25,7 @@ def add_parsers(commands) -> None:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from ..package import pack
+    from edgefold.runtime.package import pack
 
     packed = pack(args.folder, args.archive, overwrite=args.overwrite)
     print(f"wrote {packed['archive']} ({packed['bytes'] / 1e6:.1f} MB): {packed['model']}/ ({packed['files']} files), "
@@ -36,7 +36,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_unpack(args: argparse.Namespace) -> int:
-    from ..package import unpack
+    from edgefold.runtime.package import unpack
 
     print(f"wrote {unpack(args.archive, args.destination)}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..outputs import check_folder_output, staged_folder
+from edgefold.runtime.outputs import check_folder_output, staged_folder
 
 REPORT = "report.md"
 
@@ -19,7 +19,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import load_results
+    from edgefold.runtime.report import load_results
 
     check_output(args.output, args.overwrite)
     load_results(args.results)  # every input checked before anything is written
@@ -29,14 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
 def check_output(folder: Path, overwrite: bool) -> None:
     """The report may go to ``folder``, and matplotlib is there to draw it: checked before any work."""
-    from ..report import check_plotting
+    from edgefold.runtime.report import check_plotting
 
     check_folder_output(folder, overwrite, _is_report_folder, REPORT)
     check_plotting()
 
 
 def write(results: list[str | Path], folder: Path) -> None:
-    from ..report import write_report
+    from edgefold.runtime.report import write_report
 
     with staged_folder(folder) as staging:  # a replaced report keeps no stale plot
         write_report(results, staging)

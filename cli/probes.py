@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import EdgefoldError
-from ..optable import INDEX
-from ..outputs import check_folder_output, staged_folder
+from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.optable import INDEX
+from edgefold.runtime.outputs import check_folder_output, staged_folder
 from .export import EXPORT_EXTRA_HINT
 
 

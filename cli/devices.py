@@ -8,9 +8,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import EdgefoldError
-from ..outputs import check_json_output, check_writable_parent, write_json
-from ..remote import Device, DeviceOutcome, RemoteJob, SshSettings, parse_device, run_on_devices
+from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.outputs import check_json_output, check_writable_parent, write_json
+from edgefold.runtime.remote import Device, DeviceOutcome, RemoteJob, SshSettings, parse_device, run_on_devices
 from . import report
 
 #: Exit status when a device could not run the command (unreachable, refused, crashed); 1 stays a failed gate.
@@ -116,8 +116,8 @@ def check_outputs(args: argparse.Namespace, result_name: str) -> dict[str, Path]
     if folder.exists() and not folder.is_dir():
         raise EdgefoldError(f"-o {folder}: with --on, -o names a folder for the devices' results")
     outputs = {device.name: folder / f"{result_name}@{device.name}.json" for device in args.on}
-    from ..bench import SCHEMA as BENCH
-    from ..validate import SCHEMA as VALIDATE
+    from edgefold.runtime.bench import SCHEMA as BENCH
+    from edgefold.runtime.validate import SCHEMA as VALIDATE
 
     schema = {"bench": BENCH, "validate": VALIDATE}[args.command]
     if folder.exists():

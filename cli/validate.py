@@ -9,8 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import EdgefoldError
-from ..outputs import check_json_output, write_json
+from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.outputs import check_json_output, write_json
 from . import args as flags
 from . import devices
 from .export import EXPORT_EXTRA_HINT
@@ -43,7 +43,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..validate import SCHEMA, failures, validate
+    from edgefold.runtime.validate import SCHEMA, failures, validate
 
     devices.check(args)
     if args.on:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _on_devices(args: argparse.Namespace) -> int:
     """The same check on each device: the candidate and reference go over packed, with the data and gate files."""
-    from ..remote import RemoteJob
+    from edgefold.runtime.remote import RemoteJob
 
     outputs = devices.check_outputs(args, f"validate-{Path(args.candidate).resolve().name}")
     _checked_data(args)
@@ -93,8 +93,8 @@ def _on_devices(args: argparse.Namespace) -> int:
 def _checked_data(args: argparse.Namespace):
     """The items to validate on, with the candidate, gates and columns checked against them: before a reference
     is exported for it, and before any device is reached."""
-    from ..dataset import load_data
-    from ..validate import check_inputs
+    from edgefold.runtime.dataset import load_data
+    from edgefold.runtime.validate import check_inputs
 
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
     data = data.first(args.limit) if args.limit else data

@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..dataset import load_data
-from ..errors import EdgefoldError
+from edgefold.runtime.dataset import load_data
+from edgefold.runtime.errors import EdgefoldError
 from . import args as flags
 from .export import EXPORT_EXTRA_HINT
 
