@@ -122,6 +122,16 @@ def minilm_variants(tmp_path_factory, minilm_r2) -> dict[str, Path]:
     return {"reference": root / "reference", "mild": root / "mild", "harsh": minilm_r2[0]}
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model) -> Path:
+    """A real exported folder of a tiny random-weight BERT (a few MB): for tests that copy or hash an export per
+    example and only need it to be a genuine one."""
+    out = tmp_path_factory.mktemp("tiny-exports") / "bert-fill-mask"
+    export(str(tiny_model("bert-fill-mask")), out, CompressionConfig(method="none"), GraphConfig(optimize="none"),
+           progress=False)
+    return out
+
+
 def tree_digest(folder: Path) -> str:
     """A digest of every file's path and bytes below ``folder``: equal digests, untouched folder."""
     digest = hashlib.sha256()

@@ -41,11 +41,12 @@ def _flags(command: str) -> dict[str, argparse.Action]:
 
 
 @pytest.fixture(scope="module")
-def playground(tmp_path_factory, tiny_model, minilm_variants):
-    """A folder of inputs: a real model folder, a real exported folder, data files; copied per example."""
+def playground(tmp_path_factory, tiny_model, tiny_export):
+    """A folder of inputs: a real model folder, a real exported folder (both tiny: they are copied and hashed for
+    every example), data files."""
     root = tmp_path_factory.mktemp("playground")
     shutil.copytree(tiny_model("bert-fill-mask"), root / "model")
-    shutil.copytree(minilm_variants["mild"], root / "exported")
+    shutil.copytree(tiny_export, root / "exported")
     (root / "data.txt").write_text("one line\nanother line\n")
     (root / "data.jsonl").write_text('{"text": "a"}\n{"text": null}\n')
     (root / "bad.bin").write_bytes(b"\xff\xfe\x00garbage")

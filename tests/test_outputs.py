@@ -128,10 +128,17 @@ def test_an_interrupt_between_the_two_renames_waits_until_both_are_done(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_check_folder_output_accepts_new_and_empty_folders(tmp_path):
+def test_check_folder_output_accepts_new_and_empty_folders_creates_nothing_and_refuses_a_users_file(tmp_path):
     check_folder_output(tmp_path / "new" / "deeper", overwrite=False, written_by_edgefold=lambda p: False, what="x")
-    (tmp_path / "empty").mkdir()
-    check_folder_output(tmp_path / "empty", overwrite=False, written_by_edgefold=lambda p: False, what="x")
+    assert not (tmp_path / "new").exists()  # a check writes nothing
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_folder_output(empty, overwrite=False, written_by_edgefold=lambda p: False, what="x")
+    assert list(empty.iterdir()) == []
+    (empty / "notes.txt").write_text("mine")
+    with pytest.raises(EdgefoldError):
+        check_folder_output(empty, overwrite=True, written_by_edgefold=lambda p: False, what="x")
+    assert (empty / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])

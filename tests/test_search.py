@@ -174,14 +174,12 @@ def test_the_default_export_searches_and_writes_the_smallest_model_that_passes(m
     assert manifest["plan"]["modules"] and manifest["quantization"]["scheme"] == "mixed"
 
 
-def test_the_written_model_passes_validate_on_text_the_search_never_saw(minilm_search, tmp_path):
+def test_the_written_model_passes_validate_on_text_the_search_never_saw(minilm_search, minilm_variants):
     out, manifest, code = minilm_search
     assert code == 0
-    reference = tmp_path / "reference"
-    export(str(MINILM), reference, CompressionConfig(method="none"), GraphConfig(optimize="none"), progress=False)
     unseen = EvalData("shipped evaluation.txt", shipped_texts("evaluation.txt")[:300])
-    report = validate(out, reference, unseen, [g["text"] for g in manifest["search"]["gates"]])
-    assert report["metrics"]["mean_cosine"] > 0.94, report["metrics"]  # a gate of 0.95, on another text
+    report = validate(out, minilm_variants["reference"], unseen, [g["text"] for g in manifest["search"]["gates"]])
+    assert report["passed"], report["metrics"]
 
 
 def test_a_plan_replays_as_the_same_graph(minilm_search, tmp_path):

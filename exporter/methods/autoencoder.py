@@ -36,7 +36,9 @@ from edgefold.runtime import EdgefoldError
 
 @dataclass(frozen=True)
 class AutoencoderOptions(MethodOptions):
-    """The paper code's defaults. Set any with ``--method-option NAME=VALUE``."""
+    """The paper code's loss and schedule, with one departure: its released configuration starts from random
+    weights, edgefold from truncated SVD (``svd_init``), so the fit begins where the baseline ends. Set any with
+    ``--method-option NAME=VALUE`` (``svd_init=false`` for the paper's start)."""
 
     epochs: int = 30
     batch_size: int = 32
