@@ -166,17 +166,18 @@ def child(size: str, mode: str, targets: str, ratio: float, calibration: Path, o
     import torch
 
     torch.set_num_threads(2)
-    import edgefold.exporter.compress as compress
+    import edgefold.exporter.calibration.gathering as gathering
     import edgefold.exporter.pipeline as pipeline
     from edgefold.exporter import CompressionConfig, GraphConfig, export
     from edgefold.exporter.calibration.streaming import LayerStream
+    from edgefold.exporter.methods.fit_modules import ModuleFitter
     from edgefold.exporter.source.lazy import LazyWeights
 
     phases = _Phases()
     _wrap(pipeline, "compress_", phases, "fit", after="export")
     _wrap(pipeline, "compress_streamed_", phases, "statistics", after="export")
-    _wrap(compress, "collect_statistics", phases, "statistics")
-    _wrap(compress._Fitting, "compress_module", phases, "fit")
+    _wrap(gathering, "collect_statistics", phases, "statistics")
+    _wrap(ModuleFitter, "fit", phases, "fit")
     # the streamed reference outputs carry hidden states too: that is still "load + reference"
     _wrap(LayerStream, "carry", phases, lambda *_: None if phases.current == PHASES[0] else "statistics")
     # the compressed model made whole at the end of a streamed compression serves the export

@@ -49,13 +49,13 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.source.loading import resolve_model_path
-from edgefold.exporter.sparsity import SparsityConfig
-from edgefold.exporter.sparsity.imp import Checkpoints, lottery_ticket
-from edgefold.exporter.sparsity.overlap import pair_overlap
-from edgefold.exporter.sparsity.select import global_magnitude, random_like, wanda
-from edgefold.exporter.sparsity.sparsify import input_norms, mask_set
-from edgefold.exporter.sparsity.targets import prunable_weights
-from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
+from edgefold.exporter.subnetworks import SparsityConfig
+from edgefold.exporter.subnetworks.imp import Checkpoints, lottery_ticket
+from edgefold.exporter.subnetworks.overlap import pair_overlap
+from edgefold.exporter.subnetworks.select import global_magnitude, random_like, wanda
+from edgefold.exporter.subnetworks.sparsify import input_norms, mask_set
+from edgefold.exporter.subnetworks.targets import prunable_weights
+from edgefold.exporter.subnetworks.training import MaskedTrainer, apply_masks
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -282,7 +282,7 @@ def accuracy(subject: Subject, texts: list[str], labels: list[str]) -> float:
 
 def bytes_study(log) -> dict:
     """Exported graphs at 0/30/50/70% magnitude sparsity, fp32 and int8: bytes, zipped bytes, latency."""
-    from edgefold.exporter.sparsity import zipped_bytes
+    from edgefold.exporter.subnetworks import zipped_bytes
 
     rows, graphs = [], {}
     model = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")

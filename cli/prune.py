@@ -70,7 +70,7 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         from edgefold import exporter
         from edgefold.exporter.checks.manifest import format_summary
-        from edgefold.exporter.sparsity import SparsityConfig
+        from edgefold.exporter.subnetworks import SparsityConfig
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     method = args.method or ("mask" if args.mask else "magnitude")
@@ -94,7 +94,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_overlap(args: argparse.Namespace) -> int:
     try:
-        from edgefold.exporter.sparsity import overlap
+        from edgefold.exporter.subnetworks import overlap
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     if args.plot is not None and len(args.masks) < 3:

@@ -15,10 +15,10 @@ from edgefold.exporter.methods import (
     MethodOptions,
     get_method,
 )
-from edgefold.exporter.methods.structured import StructuredMethod
 from edgefold.exporter.planning.plan import LINEAR_METHOD, PLAN_RANK_MULTIPLE, Plan
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
 from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
+from edgefold.exporter.structured import StructuredMethod
 from edgefold.runtime import EdgefoldError
 
 ALLOCATIONS = ("uniform", "sensitivity", "plan")

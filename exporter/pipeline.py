@@ -21,7 +21,7 @@ from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.streaming import streamed_outputs
 from edgefold.exporter.checks.manifest import build_manifest, write_manifest
 from edgefold.exporter.checks.verify import fidelity, max_abs_difference
-from edgefold.exporter.compress import check_streamable, compress_, compress_streamed_
+from edgefold.exporter.compress import compress_
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.optimize import optimize
@@ -35,8 +35,9 @@ from edgefold.exporter.source.architectures import spec_for
 from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
-from edgefold.exporter.sparsity import SparsityConfig, sparsify_, zipped_bytes
-from edgefold.exporter.sparsity.training import check_labels
+from edgefold.exporter.streaming import check_streamable, compress_streamed_
+from edgefold.exporter.subnetworks import SparsityConfig, sparsify_, zipped_bytes
+from edgefold.exporter.subnetworks.training import check_labels
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
 

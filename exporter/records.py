@@ -25,6 +25,11 @@ class ModuleRecord:
     note: str = ""
     fit: dict = field(default_factory=dict)
 
+    @classmethod
+    def dense(cls, name: str, kinds: tuple[str, ...], shape: tuple[int, int], **fields) -> ModuleRecord:
+        """A module as it was (rows x cols parameters before and after), before compression changes it."""
+        return cls(name, kinds, shape, None, shape[0] * shape[1], shape[0] * shape[1], "dense", **fields)
+
     def as_dict(self) -> dict:
         """JSON-ready: the same values the manifest file holds (lists, not tuples)."""
         record = asdict(self)

@@ -131,7 +131,7 @@ def test_statistics_use_the_fit_split_only(monkeypatch, tiny_model, tmp_path):
         seen.extend(texts)
         return collect_statistics(model, modules, needs, texts, *args, **kwargs)
 
-    monkeypatch.setattr("edgefold.exporter.compress.collect_statistics", spy)
+    monkeypatch.setattr("edgefold.exporter.calibration.gathering.collect_statistics", spy)
     folder = tiny_model("bert-fill-mask")
     calibration_file = tmp_path / "cal.txt"
     calibration_file.write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:40]))

@@ -14,8 +14,8 @@ from edgefold.exporter.checks.manifest import format_summary
 from edgefold.exporter.methods import PruneFFN
 from edgefold.exporter.nn.swap import select_modules
 from edgefold.exporter.planning.sensitivity import Sensitivity, allocate, candidate_widths
-from edgefold.exporter.prune import output_error, prune_, repair, top_units, unit_scores
 from edgefold.exporter.source.architectures import parse_targets, spec_for
+from edgefold.exporter.structured import output_error, prune_, repair, top_units, unit_scores
 from edgefold.runtime import EdgefoldError
 from edgefold.cli import main
 from edgefold.runtime.generate import greedy

@@ -13,13 +13,11 @@ from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, compress_, export
 from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
-from edgefold.exporter.methods.prune_heads import PruneHeads
-from edgefold.exporter.methods.structured import Block
 from edgefold.exporter.nn.heads import remove_heads
 from edgefold.exporter.nn.swap import dense_weight
 from edgefold.exporter.onnx.export import backend, export_onnx
-from edgefold.exporter.prune import repair
 from edgefold.exporter.source.architectures import spec_for
+from edgefold.exporter.structured import Block, PruneHeads, repair
 from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run

@@ -18,12 +18,12 @@ from onnx import numpy_helper
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from edgefold.exporter.sparsity import MaskSet, SparsityConfig, read_masks, sparsify_
-from edgefold.exporter.sparsity.imp import Checkpoints, lottery_ticket
-from edgefold.exporter.sparsity.overlap import pair_overlap
-from edgefold.exporter.sparsity.select import global_magnitude
-from edgefold.exporter.sparsity.targets import prunable_weights
-from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
+from edgefold.exporter.subnetworks import MaskSet, SparsityConfig, read_masks, sparsify_
+from edgefold.exporter.subnetworks.imp import Checkpoints, lottery_ticket
+from edgefold.exporter.subnetworks.overlap import pair_overlap
+from edgefold.exporter.subnetworks.select import global_magnitude
+from edgefold.exporter.subnetworks.targets import prunable_weights
+from edgefold.exporter.subnetworks.training import MaskedTrainer, apply_masks
 from edgefold.runtime import EdgefoldError
 from edgefold.cli import main
 

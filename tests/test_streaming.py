@@ -14,11 +14,12 @@ from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.calibration.batches import onnx_outputs, tokenize, torch_outputs
 from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.streaming import layers_name, streamed_outputs
-from edgefold.exporter.compress import compress_, compress_streamed_
+from edgefold.exporter.compress import compress_
 from edgefold.exporter.methods import WhitenedOptions
 from edgefold.exporter.nn.layers import LowRankLinear
 from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.exporter.source.loading import inspect_model, load_model, load_tokenizer
+from edgefold.exporter.streaming import compress_streamed_
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
 

@@ -1,4 +1,5 @@
-"""Compression methods, each one module behind the :class:`Method` interface."""
+"""Compression methods, each one module behind the :class:`Method` interface; the registry names them all,
+structured pruning's (``exporter.structured``) too."""
 
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ from edgefold.exporter.methods.base import (
     RowDecoder,
 )
 from edgefold.exporter.methods.fisher import FisherWeightedSVD
-from edgefold.exporter.methods.prune_ffn import PruneFFN
-from edgefold.exporter.methods.prune_heads import PruneHeads
 from edgefold.exporter.methods.svd import TruncatedSVD
 from edgefold.exporter.methods.svd_shared import SharedBasisOptions, SharedBasisSVD
 from edgefold.exporter.methods.whitened import WhitenedOptions, WhitenedSVD
+from edgefold.exporter.structured import PruneFFN, PruneHeads
 from edgefold.runtime import EdgefoldError
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (

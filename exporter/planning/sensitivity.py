@@ -10,10 +10,22 @@ Structured pruning allocates the widths of its blocks the same way (a block's pa
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from edgefold.exporter.calibration.corpus import Calibration
+from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.runtime import EdgefoldError
+
+if TYPE_CHECKING:
+    from edgefold.exporter.config import CompressionConfig
+
+Entry = TypeVar("Entry")
 
 #: Candidate ranks, as shares of the break-even rank rows*cols/(rows+cols) at which factors save nothing.
 RANK_SHARES = (0.125, 0.25, 0.5, 0.75)
@@ -71,6 +83,19 @@ def measure(name: str, rows: int, cols: int, multiple: int, loss_at: Callable[[i
     """``loss_at(rank)``: fidelity lost on validation text with this module alone at ``rank``."""
     ranks = candidate_ranks(rows, cols, multiple)
     return Sensitivity(name, rows, cols, ranks, [loss_at(rank) for rank in ranks])
+
+
+def share_budget(model: nn.Module, config: CompressionConfig, calibration: Calibration,
+                 tokenizer: PreTrainedTokenizerBase, entries: Iterable[Entry],
+                 measure_one: Callable[[Entry, ValidationScorer], Sensitivity], unit: str,
+                 progress: bool) -> tuple[dict[str, Sensitivity], dict[str, int | None]]:
+    """Each of ``entries`` (a module, a block) measured alone on the validation text, then the config's budget
+    shared greedily: (the sensitivities by name, the ranks or widths allocated by name)."""
+    scorer = ValidationScorer(model, calibration.validation_texts[:SENSITIVITY_TEXTS], tokenizer)
+    measured = [measure_one(entry, scorer) for entry in tqdm(entries, desc="sensitivity", unit=unit,
+                                                             disable=not progress)]
+    budget = config.budget_params(model, sum(s.dense_params for s in measured))
+    return {s.name: s for s in measured}, allocate(measured, budget)
 
 
 def allocate(sensitivities: list[Sensitivity], budget_params: float) -> dict[str, int | None]:

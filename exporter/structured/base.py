@@ -3,8 +3,8 @@
 A block is one layer's units: the modules that WRITE them (FFN in; q, k, v) and the one that READS them (FFN out;
 attention output). Removing a unit removes rows of the writers and columns of the reader, so every matrix stays
 dense and narrower: fewer bytes and FLOPs in exact proportion, no factor overhead, int8 on top as usual.
-``exporter.prune`` walks the blocks, scores and keeps units, and re-solves the reader by least squares on
-calibration statistics of its input; a method says what a unit is and how its block shrinks.
+``structured.blocks`` walks the blocks and ``structured.units`` scores and keeps units and re-solves the reader
+by least squares on calibration statistics of its input; a method says what a unit is and how its block shrinks.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Block:
 
 
 class StructuredMethod(Method):
-    """A method that removes units of blocks; ``compress_`` hands it to ``exporter.prune``, never to ``fit``."""
+    """A method that removes units of blocks; ``compress_`` hands it to ``structured.prune_``, never to ``fit``."""
 
     compression = "structured"
     needs = frozenset({INPUT_MOMENTS, INPUT_MEAN})
@@ -41,7 +41,7 @@ class StructuredMethod(Method):
     unit_name: ClassVar[str] = "unit"
 
     def fit(self, weight: torch.Tensor, rank: int, context: FitContext) -> LowRankFactors:
-        raise TypeError(f"method {self.name} removes units of whole blocks: it is applied by exporter.prune")
+        raise TypeError(f"method {self.name} removes units of whole blocks: it is applied by structured.prune_")
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse, in one line and before any statistics are collected, a model whose pruned form cannot be

@@ -3,7 +3,7 @@
 A head is rows of the query, key and value projections and the columns of the output projection that read its
 output; with grouped-query attention a unit is one key/value head with the query heads that share it. Removing
 units leaves four narrower dense matrices (and a smaller KV cache for a causal LM). Which units stay, and how the
-output projection is re-solved for the ones that go (``W_o C[:, S] C[S, S]^-1``), is ``exporter.prune``'s; where
+output projection is re-solved for the ones that go (``W_o C[:, S] C[S, S]^-1``), is ``structured.units``'; where
 a head lives in each architecture is ``nn.heads``'.
 
 Causal LMs are exported with a KV cache whose shape optimum takes from config.json, one shape for all layers:
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from edgefold.exporter.methods.structured import Block, StructuredMethod
+from edgefold.exporter.structured.base import Block, StructuredMethod
 from edgefold.exporter.nn import heads
 from edgefold.exporter.source.architectures import ArchitectureSpec, spec_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefold.exporter.sparsity.masks import MaskSet, read_masks
+from edgefold.exporter.subnetworks.masks import MaskSet, read_masks
 from edgefold.runtime import EdgefoldError
 
 

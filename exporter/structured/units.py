@@ -1,6 +1,6 @@
-"""Structured pruning: each block keeps its most useful units, and its reader is re-solved for the ones that go.
+"""The units of one block: scored, the best kept, and the reader re-solved for the ones that go.
 
-A block (see ``methods.structured``) is one layer's units: FFN neurons, attention heads. For the reader's input
+A block (see ``structured.base``) is one layer's units: FFN neurons, attention heads. For the reader's input
 x (the units' outputs; calibration statistics C = E[x x^T] and mu = E[x] on the ORIGINAL model, fit split only):
 
 - score: a unit's columns j contribute ``C_jj * ||W[:, j]||^2``, the output error of removing it alone with
@@ -13,7 +13,7 @@ x (the units' outputs; calibration statistics C = E[x x^T] and mu = E[x] on the 
 
 Widths: uniform (each block keeps at most 1/R of its parameters, in multiples of ``rank_multiple`` where a unit is
 one column) or by sensitivity (each block measured alone at a few widths, widths shared greedily under one
-budget, as ``planning.sensitivity`` does for ranks).
+budget, as ``planning.sensitivity`` does for ranks; ``structured.blocks`` chooses).
 """
 
 from __future__ import annotations
@@ -22,80 +22,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from edgefold.exporter.bias import corrected_bias
-from edgefold.exporter.calibration.corpus import Calibration
-from edgefold.exporter.calibration.sequential import layer_of
-from edgefold.exporter.calibration.statistics import collect_statistics
 from edgefold.exporter.checks.verify import ValidationScorer
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.methods.base import INPUT_MEAN, INPUT_MOMENTS
-from edgefold.exporter.methods.structured import Block, StructuredMethod
 from edgefold.exporter.methods.whitened import DAMPING
 from edgefold.exporter.nn.swap import dense_weight
-from edgefold.exporter.planning.sensitivity import SENSITIVITY_TEXTS, Sensitivity, allocate, candidate_widths
+from edgefold.exporter.planning.sensitivity import Sensitivity, candidate_widths
 from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import ArchitectureSpec
-from edgefold.runtime import EdgefoldError
-
-
-def prune_(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: StructuredMethod,
-           selected: list[tuple[str, nn.Module, tuple]], tokenizer: PreTrainedTokenizerBase | None,
-           calibration: Calibration | None, progress: bool = True) -> list[ModuleRecord]:
-    """Prune, in place, the blocks ``selected`` spans; one record per selected module, in its order."""
-    if config.frequency:
-        raise EdgefoldError(f"method {method.name} prunes units of Linears and uses no token counts")
-    method.check_model(model)
-    if config.allocation == "sensitivity" and method.same_units_every_layer(model):
-        raise EdgefoldError(f"method {method.name} keeps the same number of {method.unit_name}s in every layer of "
-                            f"a {spec.name} model: widths cannot be allocated per layer (give --ratio, allocation "
-                            "uniform)")
-    if tokenizer is None:
-        raise EdgefoldError(f"method {method.name} uses calibration text: give compress_ a tokenizer")
-    calibration = calibration or Calibration.load(config.calibration)
-    blocks = find_blocks(method, selected)
-    readers = {block.reader: (model.get_submodule(block.reader), spec.transposed) for block in blocks}
-    statistics = collect_statistics(model, readers, method.needs, calibration.fit_texts, tokenizer, config.seed,
-                                    progress)
-    units = [_BlockUnits.of(model, spec, method, block, statistics[block.reader], config) for block in blocks]
-    sensitivities: dict[str, Sensitivity] = {}
-    if config.allocation == "sensitivity":
-        scorer = ValidationScorer(model, calibration.validation_texts[:SENSITIVITY_TEXTS], tokenizer)
-        sensitivities = {b.block.layer: b.sensitivity(model, method, scorer) for b in
-                         tqdm(units, desc="sensitivity", unit="block", disable=not progress)}
-        budget = config.budget_params(model, sum(b.params for b in units))
-        widths = allocate(list(sensitivities.values()), budget)
-    else:
-        widths = {b.block.layer: b.uniform_width(config.ratio) for b in units}
-    records: dict[str, ModuleRecord] = {}
-    for block_units in tqdm(units, desc=f"{method.name} prune", unit="block", disable=not progress):
-        layer = block_units.block.layer
-        for record in block_units.prune(model, spec, method, selected, widths[layer], config):
-            records[record.name] = record
-        if layer in sensitivities:  # on the reader's record: one per block
-            records[block_units.block.reader].fit["sensitivity"] = {"widths": sensitivities[layer].ranks,
-                                                                    "fidelity_lost": sensitivities[layer].losses}
-    return [records[name] for name, _, _ in selected]
-
-
-def find_blocks(method: StructuredMethod, selected: list[tuple[str, nn.Module, tuple]]) -> list[Block]:
-    """The selected modules grouped per layer into blocks; a layer without all of the method's kinds targeted is
-    refused in one line."""
-    layers: dict[str, list[tuple[str, tuple]]] = {}
-    for name, _, kinds in selected:
-        layers.setdefault(layer_of(name), []).append((name, kinds))
-    blocks = []
-    for layer, members in layers.items():
-        missing = set(method.block_kinds) - {kind for _, kinds in members for kind in kinds}
-        if missing:
-            raise EdgefoldError(f"method {method.name} removes {method.unit_name}s from "
-                                f"{', '.join(method.block_kinds)} together, but {layer} has no "
-                                f"{', '.join(sorted(missing))} targeted: pass --targets {method.targets_hint()}")
-        reader = next(name for name, kinds in members if kinds == (method.reader_kind,))
-        blocks.append(Block(layer, tuple(name for name, _ in members if name != reader), reader))
-    return blocks
+from edgefold.exporter.structured.base import Block, StructuredMethod
 
 
 def unit_scores(weight: torch.Tensor, moments: torch.Tensor, mean: torch.Tensor, units: list[torch.Tensor],
@@ -146,7 +83,7 @@ def output_error(weight: torch.Tensor, moments: torch.Tensor, mean: torch.Tensor
 
 
 @dataclass
-class _BlockUnits:
+class BlockUnits:
     """One block ready to prune: its units, its reader's weight (rows = outputs) and statistics, the scores."""
 
     block: Block
@@ -162,7 +99,7 @@ class _BlockUnits:
 
     @classmethod
     def of(cls, model: nn.Module, spec: ArchitectureSpec, method: StructuredMethod, block: Block,
-           statistics: dict[str, torch.Tensor], config: CompressionConfig) -> _BlockUnits:
+           statistics: dict[str, torch.Tensor], config: CompressionConfig) -> BlockUnits:
         units = method.unit_columns(model, spec, block)
         reader = model.get_submodule(block.reader)
         weight = dense_weight(reader, spec, (method.reader_kind,)).double()
@@ -206,14 +143,12 @@ class _BlockUnits:
         return Sensitivity(self.block.layer, len(self.units), per_unit, widths, losses, per_rank=per_unit)
 
     def prune(self, model: nn.Module, spec: ArchitectureSpec, method: StructuredMethod,
-              selected: list[tuple[str, nn.Module, tuple]], width: int | None,
-              config: CompressionConfig) -> list[ModuleRecord]:
-        """Shrink the block to ``width`` units (None or all: keep it whole); records of its modules."""
-        kinds_of = {name: kinds for name, _, kinds in selected}
+              kinds_of: dict[str, tuple[str, ...]], width: int | None, config: CompressionConfig) -> list[ModuleRecord]:
+        """Shrink the block to ``width`` units (None or all: keep it whole); records of its modules (``kinds_of``:
+        their kinds by name)."""
         names = (*self.block.writers, self.block.reader)
-        shapes = {name: tuple(dense_weight(model.get_submodule(name), spec, kinds_of[name]).shape) for name in names}
-        records = {name: ModuleRecord(name, kinds_of[name], shapes[name], None, shapes[name][0] * shapes[name][1],
-                                      shapes[name][0] * shapes[name][1], "dense") for name in names}
+        records = {name: ModuleRecord.dense(name, kinds_of[name], tuple(dense_weight(
+            model.get_submodule(name), spec, kinds_of[name]).shape)) for name in names}
         if width is None or width >= len(self.units):
             note = ("kept whole by the global allocation" if config.allocation == "sensitivity" else
                     f"pruning would save nothing at ratio {config.ratio:g}")

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from edgefold.exporter.sparsity.masks import MaskSet, read_masks
-from edgefold.exporter.sparsity.select import Masks, global_magnitude
-from edgefold.exporter.sparsity.targets import Prunable, base_parameters
-from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
+from edgefold.exporter.subnetworks.masks import MaskSet, read_masks
+from edgefold.exporter.subnetworks.select import Masks, global_magnitude
+from edgefold.exporter.subnetworks.targets import Prunable, base_parameters
+from edgefold.exporter.subnetworks.training import MaskedTrainer, apply_masks
 
 STATE = "state.json"
 HEAD = "head.safetensors"

@@ -15,12 +15,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from edgefold.exporter.calibration.batches import max_text_length, tokenize
 from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.statistics import STATISTICS_BATCH, input_moments
-from edgefold.exporter.sparsity.config import SparsityConfig
-from edgefold.exporter.sparsity.imp import Checkpoints, lottery_ticket, round_seed
-from edgefold.exporter.sparsity.masks import MaskSet, read_masks
-from edgefold.exporter.sparsity.select import Masks, global_magnitude, random_like, uniform_random, wanda
-from edgefold.exporter.sparsity.targets import Prunable, prunable_weights
-from edgefold.exporter.sparsity.training import MaskedTrainer, apply_masks
+from edgefold.exporter.subnetworks.config import SparsityConfig
+from edgefold.exporter.subnetworks.imp import Checkpoints, lottery_ticket, round_seed
+from edgefold.exporter.subnetworks.masks import MaskSet, read_masks
+from edgefold.exporter.subnetworks.select import Masks, global_magnitude, random_like, uniform_random, wanda
+from edgefold.exporter.subnetworks.targets import Prunable, prunable_weights
+from edgefold.exporter.subnetworks.training import MaskedTrainer, apply_masks
 from edgefold.runtime import EdgefoldError
 
 MASK_FILE = "mask.safetensors"

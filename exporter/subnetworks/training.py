@@ -13,8 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgefold.exporter.calibration.batches import TextBatch, max_text_length, tokenize
 from edgefold.exporter.onnx.export import task_of_model
-from edgefold.exporter.sparsity.select import Masks
-from edgefold.exporter.sparsity.targets import Prunable
+from edgefold.exporter.subnetworks.select import Masks
+from edgefold.exporter.subnetworks.targets import Prunable
 from edgefold.runtime import EdgefoldError
 
 

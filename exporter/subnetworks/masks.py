@@ -1,6 +1,6 @@
 """Masks of kept weights (True: kept) and their file: safetensors, each mask bit-packed (one bit a weight).
 
-A file holds one mask per pruned weight, keyed as :class:`~edgefold.exporter.sparsity.targets.Prunable` keys
+A file holds one mask per pruned weight, keyed as :class:`~edgefold.exporter.subnetworks.targets.Prunable` keys
 them, and in its metadata each weight's shape, kind and layer and what found the mask. Reading needs numpy and
 safetensors only, so ``edgefold masks overlap`` never loads a model.
 """

@@ -3,7 +3,7 @@
 A neuron j of an FFN is row j of every FFN-in matrix (both gate and up in a gated FFN: they are multiplied
 element-wise, so they lose the same rows) and column j of the FFN-out matrix that reads it. Removing it leaves
 two (or three) narrower dense matrices: no factor overhead, fewer bytes and FLOPs in exact proportion, int8 on
-top as usual. Which neurons stay, and how FFN-out is re-solved for the ones that go, is ``exporter.prune``'s.
+top as usual. Which neurons stay, and how FFN-out is re-solved for the ones that go, is ``structured.units``'.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from edgefold.exporter.methods.structured import Block, StructuredMethod
+from edgefold.exporter.structured.base import Block, StructuredMethod
 from edgefold.exporter.nn.narrow import narrowed
 from edgefold.exporter.source.architectures import ArchitectureSpec
 
