@@ -8,17 +8,23 @@ import sys
 from importlib import metadata
 
 from edgefold.runtime.errors import EdgefoldError, GateFailure, one_line
+from edgefold.runtime.outputs import STOP_SIGNALS
 from . import bench, export, package, probes, prune, report, validate
 from .args import Parser
 
 EPILOG = ("The flow: export (needs edgefold[export]), then bench and validate on any machine, pack for a device, "
           "report to merge results; bench and validate --on ssh://... run on devices. Bad input: one line on stderr, "
-          "exit 2; a failed accuracy gate: exit 1; a device that could not run (--on): exit 3. Ctrl-C or SIGTERM: "
-          "nothing half-written is left behind.")
+          "exit 2; a failed accuracy gate: exit 1; a device that could not run (--on): exit 3. Ctrl-C, SIGTERM or SIGHUP: "
+          "nothing half-written is left behind (exit 130, 143, 129).")
 
 
 class Terminated(BaseException):
-    """SIGTERM (what ``kill`` and ``timeout`` send), raised where the program is so that cleanup runs."""
+    """SIGTERM (what ``kill`` and ``timeout`` send) or SIGHUP (a closed terminal or SSH session), raised where the
+    program is so that cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,14 +56,13 @@ class _Version(argparse.Action):
 
 
 def _stop(signum, frame) -> None:
-    """The first Ctrl-C or SIGTERM stops the command where it is; later ones are ignored, so the cleanup it
-    starts (staging folders removed) runs to the end."""
-    for sig in _STOP_SIGNALS:
+    """The first stop signal stops the command where it is; later ones are ignored, so the cleanup it starts
+    (staging folders removed) runs to the end."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _ALL_OR_NOTHING = "no output was left half-written"
 
 
@@ -70,7 +75,7 @@ def _error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A signal ignored when we started (a background job's Ctrl-C) stays ignored.
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(sig, _stop)
@@ -86,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edgefold: interrupted; {_ALL_OR_NOTHING}", file=sys.stderr)
         return 130
-    except Terminated:
-        print(f"edgefold: terminated; {_ALL_OR_NOTHING}", file=sys.stderr)
-        return 143
+    except Terminated as stop:
+        print(f"edgefold: terminated ({stop}); {_ALL_OR_NOTHING}", file=sys.stderr)
+        return 128 + stop.signum
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

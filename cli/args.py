@@ -72,6 +72,12 @@ def option(text: str) -> tuple[str, str]:
     return name.strip().replace("-", "_"), value.strip()
 
 
+def add_no_verify(parser: argparse.ArgumentParser) -> None:
+    """``--no-verify``: use a folder whose files no longer match its edgefold.json (edited on purpose)."""
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the folder's files, sizes and SHA-256 against its edgefold.json")
+
+
 def add_export_flags(parser: argparse.ArgumentParser) -> None:
     """What every command that writes an exported folder takes: seed, parity, overwrite, remote code, quiet."""
     parser.add_argument("--seed", type=whole(0), default=0)

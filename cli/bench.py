@@ -39,6 +39,7 @@ def add_parser(commands) -> None:
     bench.add_argument("-o", "--output", type=Path, help="JSON file (default: bench-<folder>.json); with --on, the "
                                                          "folder for bench-<folder>@<device>.json (default: .)")
     bench.add_argument("--overwrite", action="store_true", help="replace the JSON file if edgefold wrote it")
+    flags.add_no_verify(bench)
     devices.add_flags(bench)
     # What only a model bench uses, with its default: --op-table refuses any of them set otherwise.
     model_only = {action.dest: (action.option_strings[0], action.default) for action in bench._actions
@@ -46,7 +47,7 @@ def add_parser(commands) -> None:
     bench.set_defaults(run=run, model_only=model_only, actions=bench._actions)
 
 
-_MODEL_ONLY = ("compare", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",
+_MODEL_ONLY = ("compare", "no_verify", "batch", "seq", "inputs", "warmup", "iterations", "min_seconds", "ort_optimization_level",
                "no_arena", "no_spinning")
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         optimization=args.ort_optimization_level, arena=not args.no_arena, spinning=not args.no_spinning)
     output = args.output or Path(f"bench-{Path(args.folder).resolve().name}.json")
     check_json_output(output, SCHEMA, args.overwrite)
-    document = bench(args.folder, settings, compare=args.compare, emulated=args.emulated)
+    document = bench(args.folder, settings, compare=args.compare, emulated=args.emulated, verify=not args.no_verify)
     write_json(output, document)
     print(format_table(document))
     print(f"wrote {output}")

@@ -55,6 +55,9 @@ def check(args: argparse.Namespace) -> None:
     given = [f"--{dest.replace('_', '-')}" for dest, default in _DEVICE_ONLY.items() if getattr(args, dest) != default]
     if given and not args.on:
         raise EdgefoldError(f"{', '.join(given)} only apply with --on ssh://...")
+    if args.on and getattr(args, "no_verify", False):
+        raise EdgefoldError("--no-verify applies to a folder used here; with --on the device checks what it is "
+                            "sent: run it locally, or re-export the folder")
     if args.on:
         settings(args)
 

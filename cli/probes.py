@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from edgefold.runtime.errors import EdgefoldError
-from edgefold.runtime.optable import INDEX
-from edgefold.runtime.outputs import check_folder_output, staged_folder
+from edgefold.runtime.jsonfile import read_json_object
+from edgefold.runtime.optable import INDEX, PROBES_SCHEMA
+from edgefold.runtime.outputs import check_folder_output, holds_only, staged_folder
 from .export import EXPORT_EXTRA_HINT
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from edgefold.exporter.source.loading import inspect_model, load_model
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
-    check_folder_output(args.output_dir, args.overwrite, lambda folder: (folder / INDEX).is_file(), INDEX)
+    check_folder_output(args.output_dir, args.overwrite, _only_probes, INDEX)
     source = inspect_model(args.model, args.task, args.trust_remote_code)
     shapes = probe_shapes(load_model(source, args.trust_remote_code), args.search == "full")
     with staged_folder(args.output_dir) as staging:
@@ -44,3 +45,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(shapes) * len(PRECISIONS)} probes ({len(shapes)} operator shapes x {', '.join(PRECISIONS)}) "
           f"to {args.output_dir}; on the device: edgefold bench --op-table {args.output_dir} -o table.json")
     return 0
+
+
+def _only_probes(folder: Path) -> bool:
+    """A probe folder holding nothing but its index and the graphs the index lists."""
+    try:
+        document = read_json_object(folder / INDEX, strict=True)
+    except EdgefoldError:
+        return False
+    probes = document.get("probes") if document.get("schema") == PROBES_SCHEMA else None
+    if not isinstance(probes, list) or not all(isinstance(p, dict) and isinstance(p.get("file"), str) for p in probes):
+        return False
+    return holds_only(folder, [INDEX, *(probe["file"] for probe in probes)])

@@ -4,11 +4,11 @@ delegate to the exporter, imported only here, lazily."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from edgefold.runtime.dataset import load_data
 from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.outputs import check_file_output, check_json_output, staged_file, write_json
 from . import args as flags
 from .export import EXPORT_EXTRA_HINT
 
@@ -43,8 +43,8 @@ def add_parsers(commands) -> None:
     prune.add_argument("--steps", type=flags.whole(0), default=None,
                        help="training steps after each pruning (imp: per round, and once more at the end; "
                             "default: 50 for imp, 0 for the others)")
-    prune.add_argument("--round-share", type=flags.non_negative, default=0.1,
-                       help="imp: share of the ORIGINAL weights each round prunes (default 0.1)")
+    prune.add_argument("--round-share", type=flags.non_negative, default=None,
+                       help="imp: share of the ORIGINAL weights each round prunes (default 0.1; at most 100 rounds)")
     prune.add_argument("--batch-size", type=flags.positive, default=16)
     prune.add_argument("--learning-rate", type=flags.non_negative, default=5e-5)
     prune.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
@@ -63,6 +63,8 @@ def add_parsers(commands) -> None:
     overlap.add_argument("masks", nargs="+", type=Path, metavar="MASK", help="mask files (mask.safetensors)")
     overlap.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     overlap.add_argument("--plot", type=Path, metavar="FILE.png", help="a heatmap of the pairs (three masks or more)")
+    overlap.add_argument("--overwrite", action="store_true",
+                         help="replace a --json or --plot file edgefold wrote (never one of the masks)")
     overlap.set_defaults(run=run_overlap)
 
 
@@ -74,11 +76,14 @@ def run_prune(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     method = args.method or ("mask" if args.mask else "magnitude")
+    if args.round_share is not None and method != "imp":
+        raise EdgefoldError(f"--round-share sets the rounds of --method imp; method {method} prunes in one shot")
     if args.label_column and not args.data:
         raise EdgefoldError("--label-column names a column of --data: give the file")
     data = load_data(args.data, args.text_column, args.label_column) if args.data else None
     sparsity = SparsityConfig(method=method, sparsity=args.sparsity, mask=args.mask, steps=args.steps,
-                              round_share=args.round_share, batch_size=args.batch_size,
+                              round_share=0.1 if args.round_share is None else args.round_share,
+                              batch_size=args.batch_size,
                               learning_rate=args.learning_rate, seed=args.seed,
                               texts=tuple(data.texts) if data else None,
                               labels=tuple(data.labels) if data and data.labels else None)
@@ -99,13 +104,22 @@ def run_overlap(args: argparse.Namespace) -> int:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     if args.plot is not None and len(args.masks) < 3:
         raise EdgefoldError("--plot draws a heatmap of three masks or more; two are one number (printed)")
-    for path in (args.json, args.plot):
-        if path is not None and not path.parent.is_dir():
-            raise EdgefoldError(f"cannot write {path}: its folder does not exist")
+    if args.json is not None:
+        check_json_output(args.json, overlap.SCHEMA, args.overwrite, inputs=args.masks)
+    if args.plot is not None:
+        check_file_output(args.plot, args.overwrite, args.masks, _is_png, "plot (PNG)")
+    if args.json is not None and args.plot is not None and args.json.absolute() == args.plot.absolute():
+        raise EdgefoldError("--json and --plot name the same file")
     result = overlap.overlap(args.masks)
     print(overlap.table(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result)
     if args.plot is not None:
-        overlap.heatmap(result, args.plot)
+        with staged_file(args.plot) as staging:
+            overlap.heatmap(result, staging)
     return 0
+
+
+def _is_png(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from edgefold.runtime.outputs import check_folder_output, staged_folder
+from edgefold.runtime.outputs import check_folder_output, holds_only, staged_folder
 
 REPORT = "report.md"
 
@@ -39,13 +40,15 @@ def write(results: list[str | Path], folder: Path) -> None:
     from edgefold.runtime.report import write_report
 
     with staged_folder(folder) as staging:  # a replaced report keeps no stale plot
-        write_report(results, staging)
+        write_report(results, staging, progress=True)
     print(f"wrote {folder / REPORT}")
 
 
 def _is_report_folder(folder: Path) -> bool:
-    """Only what ``edgefold report`` writes: report.md (ours, by its first line) and PNG plots."""
-    files = list(folder.iterdir())
+    """Only what ``edgefold report`` writes: report.md (ours, by its first line) and the plots it shows."""
     report = folder / REPORT
-    return (report.is_file() and report.read_text(encoding="utf-8", errors="replace").startswith("# edgefold report")
-            and all(f.is_file() and (f.name == REPORT or f.suffix == ".png") for f in files))
+    if not report.is_file() or report.is_symlink():
+        return False
+    text = report.read_text(encoding="utf-8", errors="replace")
+    plots = re.findall(r"^!\[[^\]]*\]\(([\w.-]+\.png)\)$", text, flags=re.M)
+    return text.startswith("# edgefold report") and holds_only(folder, [REPORT, *plots])

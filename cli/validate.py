@@ -38,6 +38,7 @@ def add_parser(commands) -> None:
     validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json); with "
                                                             "--on, the folder for validate-<candidate>@<device>.json")
     validate.add_argument("--overwrite", action="store_true", help="replace the JSON report if edgefold wrote it")
+    flags.add_no_verify(validate)
     devices.add_flags(validate)
     validate.set_defaults(run=run, actions=validate._actions)
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_json_output(output, SCHEMA, args.overwrite)
     data = _checked_data(args)
     with _reference_folder(args.reference) as reference:
-        report = validate(args.candidate, reference, data, args.gate, args.gates)
+        report = validate(args.candidate, reference, data, args.gate, args.gates, verify=not args.no_verify)
     write_json(output, report)
     print(f"{report['candidate']['name']} against {report['reference']['name']} ({report['task']}) on "
           f"{data.source}, {len(data.texts)} items")
@@ -98,7 +99,7 @@ def _checked_data(args: argparse.Namespace):
 
     data = load_data(args.data, args.text_column, args.label_column, args.query_column, args.positive_column)
     data = data.first(args.limit) if args.limit else data
-    check_inputs(args.candidate, data, args.gate, args.gates)
+    check_inputs(args.candidate, data, args.gate, args.gates, verify=not args.no_verify)
     return data
 
 

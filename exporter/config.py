@@ -17,7 +17,7 @@ from edgefold.exporter.methods import (
 )
 from edgefold.exporter.planning.plan import LINEAR_METHOD, PLAN_RANK_MULTIPLE, Plan
 from edgefold.exporter.planning.ranks import RANK_MULTIPLE
-from edgefold.exporter.source.architectures import ALL_KINDS, parse_targets
+from edgefold.exporter.source.architectures import ALL_KINDS, EMBEDDINGS, parse_targets
 from edgefold.exporter.structured import StructuredMethod
 from edgefold.runtime import EdgefoldError
 
@@ -98,6 +98,7 @@ class CompressionConfig:
             raise EdgefoldError("--bias-correction corrects the Linears a method compresses: give a method other "
                                 "than none, and no plan")
         self._check_structured(self.build_method())  # refuses an unknown method or option now, before any work
+        self._check_frequency(self.build_method())
         self._check_allocation()
         self._check_then()
 
@@ -107,6 +108,18 @@ class CompressionConfig:
             other = sorted(self.targets - set(method.block_kinds))
             raise EdgefoldError(f"method {method.name} prunes {', '.join(method.block_kinds)} and nothing else: "
                                 f"target exactly those (--targets {method.targets_hint()}), not {', '.join(other)}")
+
+    def _check_frequency(self, method: Method | None) -> None:
+        """Frequency-aware fits are of the word embeddings by a per-module method: asked for anywhere else it would
+        be recorded and do nothing."""
+        if self.frequency is not True or self.plan is not None:
+            return
+        if method is None or isinstance(method, (GroupMethod, StructuredMethod)):
+            raise EdgefoldError(f"--frequency weights the word embeddings' fit by token counts; method "
+                                f"{self.method} fits no embedding rows on its own: drop --frequency")
+        if EMBEDDINGS not in self.targets:
+            raise EdgefoldError("--frequency weights the word embeddings' fit by token counts: target embeddings "
+                                "too, or drop --frequency")
 
     def _check_then(self) -> None:
         if self.then is None:

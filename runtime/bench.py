@@ -87,12 +87,13 @@ def model_labels(folders: list[Path]) -> list[str]:
 
 
 def bench(folder: str | Path, settings: BenchSettings = BenchSettings(), compare: str | Path | None = None,
-          emulated: bool = False, progress: bool = True) -> dict:
+          emulated: bool = False, progress: bool = True, verify: bool = True) -> dict:
     """Measure ``folder`` (and ``compare``, alternately) over the settings' grid; returns the JSON document.
+    ``verify``: each folder checked against its manifest first (files, sizes, SHA-256).
 
     Models are keyed by :func:`model_labels` (the folder name unless two names collide) everywhere in it.
     """
-    models = [ExportedFolder.open(folder)] + ([ExportedFolder.open(compare)] if compare is not None else [])
+    models = [ExportedFolder.open(f, verify) for f in (folder, compare) if f is not None]
     if compare is not None and models[0].path.resolve() == models[1].path.resolve():
         raise EdgefoldError(f"{compare} is the folder being measured: compare two different folders")
     labels = model_labels([m.path for m in models])
@@ -207,7 +208,7 @@ def _summary(latencies_ms: list[float], batch: int) -> dict:
 def _worker(job: dict) -> list[dict]:
     """Inside the worker: load, first inference, warm-up, then the timed runs, models taking turns."""
     settings = BenchSettings(**job["settings"])
-    models = [ExportedFolder.open(f) for f in job["folders"]]
+    models = [ExportedFolder.open(f, verify=False) for f in job["folders"]]  # checked by the parent
     runs, out = [], []
     for model in models:
         session, created = _session(model.graph, settings, job["threads"])

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import EdgefoldError
 from .jsonfile import read_json_object
-from .manifest import MANIFEST_NAME, read_manifest
+from .manifest import MANIFEST_NAME, read_manifest, verify_folder
 
 GRAPH = "model.onnx"
 EXTERNAL_DATA = ("model.onnx_data", "model.onnx.data")
@@ -32,7 +32,8 @@ class ExportedFolder:
     manifest: dict | None
 
     @classmethod
-    def open(cls, folder: str | Path) -> ExportedFolder:
+    def open(cls, folder: str | Path, verify: bool = True) -> ExportedFolder:
+        """The folder, checked against its manifest's files, sizes and hashes unless ``verify`` is False."""
         path = Path(folder)
         if not path.is_dir():
             raise EdgefoldError(f"no such folder: {folder}")
@@ -41,6 +42,8 @@ class ExportedFolder:
         config_file = path / "config.json"
         config = _check_config(read_json_object(config_file), config_file) if config_file.exists() else {}
         manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() else None
+        if manifest is not None and verify:
+            verify_folder(path, manifest)
         return cls(path, config, manifest)
 
     @property

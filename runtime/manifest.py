@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import EdgefoldError
@@ -13,6 +15,8 @@ SCHEMA = "edgefold.manifest"
 SCHEMA_VERSION = 1
 #: The manifest's list of every file edgefold wrote into the folder: ``--overwrite`` replaces no other.
 CONTENTS = "contents"
+#: Size and SHA-256 of every file the manifest covers, checked before a folder is measured, validated or unpacked.
+CHECKSUMS = "checksums"
 TASKS = ("feature-extraction", "text-classification", "fill-mask", "text-generation")
 
 
@@ -27,6 +31,41 @@ def read_manifest(folder: str | Path) -> dict:
                             f"this edgefold reads {SCHEMA} v{SCHEMA_VERSION}")
     _check_fields(manifest, path)
     return manifest
+
+
+def checksums(folder: Path, names: Iterable[str]) -> dict[str, dict]:
+    """``{name: {"bytes", "sha256"}}`` of the files ``names`` (POSIX paths relative to ``folder``)."""
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)} for name in names}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_folder(folder: str | Path, manifest: dict) -> None:
+    """Refuse a folder whose files are not the ones its manifest records: one missing, another size or hash (a
+    manifest older than checksums: the sizes it records). ``--no-verify`` skips this for a folder edited on
+    purpose."""
+    folder = Path(folder)
+    recorded = manifest.get(CHECKSUMS)
+    if not isinstance(recorded, dict):  # written before checksums: the graph files' sizes
+        recorded = {name: {"bytes": size} for name, size in (manifest.get("files") or {}).items()}
+    for name, expected in recorded.items():
+        path = folder / name
+        if not isinstance(expected, dict) or not path.is_file():
+            raise EdgefoldError(f"{path} is missing: {folder} is not the folder its {MANIFEST_NAME} records "
+                                "(pass --no-verify to use it anyway)")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise EdgefoldError(f"{path} is {size} bytes, its {MANIFEST_NAME} records {expected.get('bytes')}: "
+                                "changed since the export (pass --no-verify to use it anyway)")
+        if "sha256" in expected and sha256(path) != expected["sha256"]:
+            raise EdgefoldError(f"{path} does not match the SHA-256 its {MANIFEST_NAME} records: changed since the "
+                                "export (pass --no-verify to use it anyway)")
 
 
 def _check_fields(manifest: dict, path: Path) -> None:

@@ -14,12 +14,15 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EdgefoldError
 from .jsonfile import read_json
+
+#: What stops a command, cleanup run: Ctrl-C, ``kill`` / ``timeout`` and a closed terminal or SSH session.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 #: Longest file name most file systems take; staging names add a prefix and a suffix to the output's name.
 _NAME_MAX = 255
@@ -58,18 +61,43 @@ def check_writable_parent(path: Path) -> None:
         raise EdgefoldError(f"cannot write in {parent}: {error.strerror}") from None
 
 
-def check_json_output(path: Path, schema: str, overwrite: bool) -> None:
-    """A JSON result may go to ``path``: new, or (with ``overwrite``) an edgefold ``schema`` document."""
+def check_file_output(path: Path, overwrite: bool, inputs: Iterable[Path] = (),
+                      written_by_edgefold: Callable[[Path], bool] | None = None, what: str = "result") -> None:
+    """A file output may go to ``path``: never one of the command's ``inputs``, whatever the flag; an existing
+    file only with ``overwrite`` and only if ``written_by_edgefold`` says edgefold wrote it."""
     check_writable_parent(path)
     if path.is_dir():
         raise EdgefoldError(f"{path} is a folder; give a file name")
+    for source in inputs:
+        if Path(source).exists() and path.exists() and os.path.samefile(source, path):
+            raise EdgefoldError(f"{path} is one of this command's inputs: write the result elsewhere")
     if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
         raise EdgefoldError(f"{path} exists; pass --overwrite to replace it")
-    if not path.is_file() or path.is_symlink() or _schema(path) != schema:
-        raise EdgefoldError(f"{path} exists and is not an edgefold {schema.split('.')[-1]} result; "
-                            "edgefold replaces only files it wrote")
+    if not path.is_file() or path.is_symlink() or (written_by_edgefold is not None and not written_by_edgefold(path)):
+        raise EdgefoldError(f"{path} exists and is not an edgefold {what}; edgefold replaces only files it wrote")
+
+
+def check_json_output(path: Path, schema: str, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """A JSON result may go to ``path``: new, or (with ``overwrite``) an edgefold ``schema`` document."""
+    check_file_output(path, overwrite, inputs, lambda existing: _schema(existing) == schema,
+                      f"{schema.split('.')[-1]} result")
+
+
+def holds_only(folder: Path, listed: Iterable[str]) -> bool:
+    """Whether ``folder`` holds nothing but the ``listed`` files (POSIX paths relative to it) and the folders
+    they lie in: a file, link or empty folder the user added would be lost with it."""
+    listed = set(listed)
+    kept_folders = {parent.as_posix() for name in listed for parent in Path(name).parents}
+    for entry in folder.rglob("*"):
+        name = entry.relative_to(folder).as_posix()
+        if entry.is_dir() and not entry.is_symlink():
+            if name not in kept_folders:
+                return False
+        elif name not in listed:
+            return False
+    return True
 
 
 def check_folder_output(path: Path, overwrite: bool, written_by_edgefold: Callable[[Path], bool],
@@ -103,7 +131,7 @@ def write_json(path: Path, document: dict) -> None:
 @contextmanager
 def staged_file(path: Path) -> Iterator[Path]:
     """Yield a temporary file beside ``path``; it replaces ``path`` when the block succeeds, and on any failure
-    (Ctrl-C and SIGTERM included) it vanishes."""
+    (Ctrl-C, SIGTERM and SIGHUP included) it vanishes."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.absolute().parent)
     try:
         os.close(fd)
@@ -118,16 +146,27 @@ def staged_file(path: Path) -> Iterator[Path]:
 @contextmanager
 def staged_folder(path: Path) -> Iterator[Path]:
     """Yield a staging folder beside ``path``; when the block succeeds it replaces ``path`` (already checked by
-    :func:`check_folder_output`), and on any failure, Ctrl-C and SIGTERM included, it vanishes."""
+    :func:`check_folder_output`), and on any failure, Ctrl-C, SIGTERM and SIGHUP included, it vanishes."""
     path = path.absolute()
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+    done = False
     try:
-        yield staging
-        _swap_into_place(staging, path)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial", dir=path.parent))
+        try:
+            staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+            yield staging
+            _swap_into_place(staging, path)
+            done = True
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not done:  # the folders made for the output go with it, innermost first, if nothing else came in
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
@@ -154,7 +193,7 @@ def _swap_into_place(staging: Path, path: Path) -> None:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM are recorded inside the block and raised again after it. Python runs signal handlers in
+    """The :data:`STOP_SIGNALS` are recorded inside the block and raised again after it. Python runs signal handlers in
     the main thread whichever thread the signal hit (blocking it there would not do: torch and onnxruntime run
     threads of their own), so the handlers themselves are swapped."""
     if threading.current_thread() is not threading.main_thread():
@@ -162,7 +201,7 @@ def _signals_held() -> Iterator[None]:
         return
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in STOP_SIGNALS}
     try:
         yield
     finally:

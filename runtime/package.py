@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import CONTROL, EdgefoldError, one_line
 from .folder import GRAPH, ExportedFolder
+from .manifest import MANIFEST_NAME, read_manifest, verify_folder
 from .outputs import staged_file, staged_folder
 
 REQUIREMENTS = "requirements.txt"
@@ -60,12 +61,12 @@ def _one_line(function):
 
 
 @_one_line
-def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> dict:
+def pack(folder: str | Path, archive: str | Path, overwrite: bool = False, verify: bool = True) -> dict:
     """Write ``archive`` (tar.gz) with the model folder, pinned requirements and an edgefold wheel.
 
     Every entry of the folder goes through the checks ``unpack`` applies, so an archive pack writes is one that
     unpack takes."""
-    model = ExportedFolder.open(folder)
+    model = ExportedFolder.open(folder, verify)
     archive = Path(archive)
     if model.name in (REQUIREMENTS, WHEELS):
         raise EdgefoldError(f"cannot pack {folder}: the archive reserves the name {model.name!r}; rename the folder")
@@ -104,11 +105,12 @@ def pack(folder: str | Path, archive: str | Path, overwrite: bool = False) -> di
 
 @_one_line
 def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX_BYTES,
-           max_members: int = MAX_MEMBERS) -> Path:
+           max_members: int = MAX_MEMBERS, verify: bool = True) -> Path:
     """Write the archive's model folder to ``destination`` (which must not exist), after checking every member.
 
     The whole archive is read (and its compression's checksums checked) before anything is written, and nothing
-    is left behind on failure. ``max_bytes`` and ``max_members`` cap what the archive may expand to."""
+    is left behind on failure. ``max_bytes`` and ``max_members`` cap what the archive may expand to. ``verify``:
+    the folder written must be the one its manifest records (files, sizes, SHA-256), or nothing is written."""
     archive, destination = Path(archive), Path(destination)
     if not archive.is_file():
         raise EdgefoldError(f"no such archive: {archive}")
@@ -125,6 +127,8 @@ def unpack(archive: str | Path, destination: str | Path, *, max_bytes: int = MAX
           staged_folder(destination) as staging):
         for member in members:
             _extract(tar, member, model, staging)
+        if verify and (staging / MANIFEST_NAME).is_file():
+            verify_folder(staging, read_manifest(staging))
     return destination
 
 

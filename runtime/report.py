@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .bench import SCHEMA as BENCH
@@ -124,8 +125,15 @@ def _quality_points(validations: list[dict]) -> list[dict]:
     return points
 
 
-def write_report(paths: list[str | Path], output: str | Path) -> Path:
-    """Write ``report.md`` and its PNG plots into ``output``; returns the Markdown file.
+#: Points named on a scatter plot, bars drawn side by side: past these a plot is unreadable (and takes minutes to
+#: draw: 20,000 labels did), so the tables carry the names.
+_LABELLED_POINTS = 40
+_MAX_BAR_GROUPS = 60
+
+
+def write_report(paths: list[str | Path], output: str | Path, progress: bool = False) -> Path:
+    """Write ``report.md`` and its PNG plots into ``output``; returns the Markdown file. ``progress``: each step
+    on stderr.
 
     Always ``quality.png`` and ``latency.png`` / ``latency-emulated.png`` (scatter against bytes) for what the
     documents hold; with two devices or more also the side-by-side bar charts of :func:`_bar_charts`.
@@ -133,11 +141,17 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     benches, validations = load_results(paths)
     _pyplot()  # before anything is written
     latency, quality = _latency_points(benches), _quality_points(validations)
+    say = (lambda message: print(f"edgefold report: {message}", file=sys.stderr, flush=True)) if progress else (
+        lambda message: None)
+    say(f"{len(paths)} files read: {len(latency)} timed configurations, {len(quality)} validations; drawing")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     plots = _plot(quality, latency, folder)
     if len({device_label(d) for d in benches + validations}) >= 2:  # one device: nothing to set side by side
-        plots += _draw_bar_charts(_bar_charts(latency, quality), folder)
+        charts = {name: chart for name, chart in _bar_charts(latency, quality).items()
+                  if max(len(groups) for _, groups in chart[1]) <= _MAX_BAR_GROUPS}
+        plots += _draw_bar_charts(charts, folder)
+    say(f"drew {', '.join(plots) or 'no plots'}; writing the tables")
     lines = ["# edgefold report", "", *_devices_section(benches + validations)]
     if quality:
         lines += [*_accuracy_section(quality), *_images(plots, _QUALITY_PLOTS)]
@@ -221,8 +235,9 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
     quality = [q for q in quality if q["value"] is not None]
     if quality:
         figure, axis = plt.subplots(figsize=(6.5, 4.2))
-        for q in quality:
-            axis.scatter(q["bytes"] / 2**20, q["value"], color="tab:green" if q["passed"] else "tab:red")
+        axis.scatter([q["bytes"] / 2**20 for q in quality], [q["value"] for q in quality],
+                     color=["tab:green" if q["passed"] else "tab:red" for q in quality])
+        for q in quality if len(quality) <= _LABELLED_POINTS else ():
             axis.annotate(q["model"], (q["bytes"] / 2**20, q["value"]), fontsize=7, parse_math=False)
         axis.set(xlabel="MB on disk", ylabel=quality[0]["metric"], title="accuracy against bytes")
         axis.grid(alpha=0.3)
@@ -240,13 +255,13 @@ def _plot(quality: list[dict], latency: list[dict], folder: Path) -> list[str]:
             mine = [p for p in points if _shown(p) == device]
             label = device.replace("$", r"\$")  # names are text, not mathtext
             axis.scatter([p["bytes"] / 2**20 for p in mine], [p["p50_ms"] for p in mine], label=label)
-            for p in mine:
+            for p in mine if len(points) <= _LABELLED_POINTS else ():
                 axis.annotate(f"{p['model']} t{p['threads']}", (p["bytes"] / 2**20, p["p50_ms"]), fontsize=7,
                               parse_math=False)
         axis.set(xlabel="MB on disk", ylabel="p50 latency, ms",
                  title="latency against bytes" + (" (EMULATED, not device speed)" if emulated else ""))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # "best" searches every point
         figure.tight_layout()
         figure.savefig(folder / name, dpi=110)
         plt.close(figure)

@@ -89,13 +89,13 @@ def load_gates(flags: list[str], candidate: ExportedFolder, gate_file: str | Pat
 
 
 def check_inputs(candidate: str | Path, data: EvalData, gates: list[str] | None = None,
-                 gate_file: str | Path | None = None) -> list[Gate]:
+                 gate_file: str | Path | None = None, verify: bool = True) -> list[Gate]:
     """Refuse what can be refused without running a model: the candidate folder, the data, the gates.
 
     ``validate`` calls it first; call it yourself before work that comes earlier (exporting a reference).
     Returns the gates as (metric, operator, threshold).
     """
-    return _check_inputs(ExportedFolder.open(candidate), data, gates, gate_file)
+    return _check_inputs(ExportedFolder.open(candidate, verify), data, gates, gate_file)
 
 
 def _check_inputs(cand: ExportedFolder, data: EvalData, gates: list[str] | None,
@@ -119,13 +119,13 @@ def check_gates(task: str, data: EvalData, gates: list[str]) -> list[Gate]:
 
 
 def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates: list[str] | None = None,
-             gate_file: str | Path | None = None) -> dict:
+             gate_file: str | Path | None = None, verify: bool = True) -> dict:
     """Run both models on ``data``; the report says which gates fail (``passed`` False if any).
 
     A metric that is undefined on this data or non-finite (a broken model's NaN outputs) is reported as None
-    and fails any gate on it.
+    and fails any gate on it. ``verify``: both folders checked against their manifests first.
     """
-    cand, ref = ExportedFolder.open(candidate), ExportedFolder.open(reference)
+    cand, ref = ExportedFolder.open(candidate, verify), ExportedFolder.open(reference, verify)
     if cand.task != ref.task:
         raise EdgefoldError(f"the candidate is a {cand.task} model but the reference a {ref.task} model")
     task = cand.task

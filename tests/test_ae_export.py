@@ -25,6 +25,7 @@ def _graph(folder):
     return model.graph, {i.name: tuple(i.dims) for i in model.graph.initializer}
 
 
+@pytest.mark.slow
 def test_linear_autoencoder_folds_into_gather_matmul_add(tiny_model, tmp_path):
     manifest = export(str(tiny_model("roberta-feature-extraction")), tmp_path / "out",
                       CompressionConfig(method="ae", targets="embeddings", ratio=2, frequency=False,
@@ -44,6 +45,7 @@ def test_linear_autoencoder_folds_into_gather_matmul_add(tiny_model, tmp_path):
     assert (vocab,) not in inits.values()  # no slot lookup: no exact rows without frequency
 
 
+@pytest.mark.slow
 def test_default_ae_keeps_frequent_rows_exact_and_ties_them_to_the_head(tiny_model, tmp_path):
     folder = tmp_path / "out"
     manifest = export(str(tiny_model("bert-fill-mask")), folder,
@@ -113,6 +115,7 @@ def test_bad_method_option_is_one_line(capsys, tiny_model, tmp_path):
     assert code == 2 and "option epochs takes a int" in line
 
 
+@pytest.mark.slow
 def test_same_seed_same_export(tiny_model, tmp_path):
     config = CompressionConfig(method="ae", ratio=2, options=FAST, seed=3)
     source = str(tiny_model("roberta-feature-extraction"))  # every kind of module, cheap to validate
@@ -125,6 +128,7 @@ def test_same_seed_same_export(tiny_model, tmp_path):
         assert x.name == y.name and np.array_equal(onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
 
 
+@pytest.mark.slow
 def test_minilm_with_ae_on_every_target_kind(tmp_path):
     """The real model, every target kind, norms kept: parity, a forward pass in onnxruntime, and a manifest that
     shows both budgets."""

@@ -39,6 +39,7 @@ def test_a_budget_below_the_floors_is_refused():
         allocate([_module("a", 1.0), _module("b", 1.0)], budget_params=10)
 
 
+@pytest.mark.slow
 def test_a_global_budget_exports_with_parity_and_stays_within_it(tiny_model, tmp_path):
     from edgefold.exporter import CompressionConfig, GraphConfig, export
 
@@ -54,6 +55,7 @@ def test_a_global_budget_exports_with_parity_and_stays_within_it(tiny_model, tmp
         assert module["rank"] is None or module["rank"] in sensitivity["ranks"]
 
 
+@pytest.mark.slow
 def test_a_size_budget_in_bytes_sets_the_whole_model_size(tiny_model, tmp_path):
     from edgefold.exporter import CompressionConfig, GraphConfig, export
     from edgefold.exporter.checks.manifest import format_summary

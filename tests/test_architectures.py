@@ -33,6 +33,7 @@ def exported(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_exports_with_parity_and_every_target_factorised(kind, exported):
     folder, manifest = exported(kind)
     assert kind.endswith(manifest["task"])
@@ -83,6 +84,7 @@ def test_optimum_generates_what_the_runtime_generates(kind, exported):
     np.testing.assert_array_equal(runtime, generated.numpy())
 
 
+@pytest.mark.slow
 def test_onnx_matches_the_compressed_torch_model_on_new_input(tiny_model, tmp_path):
     """Independently of the export's own parity check: rebuild the compression in torch and compare."""
     from edgefold.exporter import compress_

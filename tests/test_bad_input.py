@@ -67,6 +67,9 @@ def test_bad_ratio(capsys, tiny_copy, tmp_path, ratio, match):
     (["--method", "prune-ffn", "--targets", "attention"], "target exactly those (--targets ffn)"),
     (["--method", "prune-heads", "--targets", "ffn"], "target exactly those (--targets attention)"),
     (["--method", "svd-whitened", "--method-option", "sequential=maybe"], "option sequential takes true or false"),
+    (["--method", "none", "--frequency"], "method none fits no embedding rows"),
+    (["--method", "svd-shared", "--frequency"], "method svd-shared fits no embedding rows"),
+    (["--method", "svd", "--targets", "ffn", "--frequency"], "target embeddings too"),
 ])
 def test_refused_recipes(capsys, tiny_copy, tmp_path, flags, match):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", *flags, match=match)
@@ -89,6 +92,7 @@ def test_existing_output_without_overwrite_is_kept(capsys, tiny_copy, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_whole_folder_edgefold_wrote(capsys, tiny_copy, tmp_path):
     out = tmp_path / "out"
     assert main(["export", str(tiny_copy), str(out), "--quiet", "--method", "none"]) == 0
@@ -123,6 +127,28 @@ def test_damaged_weights(capsys, tiny_copy, tmp_path, damage):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("field,value", [("num_hidden_layers", -1), ("num_hidden_layers", 0), ("hidden_size", 2.5),
+                                         ("num_attention_heads", True), ("vocab_size", "many")])
+def test_a_config_no_model_can_have_is_refused_before_loading(capsys, tiny_copy, tmp_path, field, value):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    (tiny_copy / "config.json").write_text(json.dumps({**config, field: value}))
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match=f"{field} must be a whole number of at least 1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_heads_that_do_not_divide_the_width_are_refused(capsys, tiny_copy, tmp_path):
+    config = json.loads((tiny_copy / "config.json").read_text())
+    (tiny_copy / "config.json").write_text(json.dumps({**config, "num_attention_heads": config["hidden_size"] + 1}))
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match="is not a multiple of its")
+
+
+def test_a_model_without_tokenizer_files_is_refused_not_given_an_invented_tokenizer(capsys, tiny_copy, tmp_path):
+    for name in ("tokenizer.json", "vocab.txt"):
+        (tiny_copy / name).unlink(missing_ok=True)
+    _fails(capsys, "export", tiny_copy, tmp_path / "out", match="has no tokenizer files")
+    assert not (tmp_path / "out").exists()
+
+
 def test_remote_code_needs_consent(capsys, tiny_copy, tmp_path):
     config = json.loads((tiny_copy / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
@@ -130,6 +156,7 @@ def test_remote_code_needs_consent(capsys, tiny_copy, tmp_path):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", match="needs remote code")
 
 
+@pytest.mark.slow
 def test_failed_parity_writes_nothing(capsys, tiny_copy, tmp_path):
     _fails(capsys, "export", tiny_copy, tmp_path / "out", "--method", "svd", "--parity-atol", "0", "--quiet",
            match="parity check failed")

@@ -105,6 +105,7 @@ def tripwires(monkeypatch):
 @settings(max_examples=int(os.environ.get("EDGEFOLD_FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(argv=commands())
+@pytest.mark.slow
 def test_every_bad_input_is_one_line_and_nothing_is_written(argv, playground, tripwires, tmp_path_factory,
                                                               monkeypatch, capsys):
     work = tmp_path_factory.mktemp("case")

@@ -167,6 +167,7 @@ def test_fisher_statistics_of_a_classifier_use_its_sequence_logits(tiny_model, s
 
 
 @pytest.mark.parametrize("method,options", NEW_LAYER_METHODS)
+@pytest.mark.slow
 def test_gpt2_exports_with_every_data_aware_method(method, options, tiny_model, small_calibration, tmp_path):
     config = CompressionConfig(method=method, targets="attention,ffn", ratio=2, options=options,
                                calibration=str(small_calibration))
@@ -206,6 +207,7 @@ MINILM_CASES = [("svd-whitened", "attention,ffn", {}), ("svd-fisher", "attention
 
 
 @pytest.mark.parametrize("method,targets,options", MINILM_CASES)
+@pytest.mark.slow
 def test_minilm_exports_with_parity_and_runs_in_onnxruntime(method, targets, options, small_calibration,
                                                            minilm_svd_layers, tmp_path):
     folder = tmp_path / "out"

@@ -46,6 +46,7 @@ def _frontier(out: Path) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "latency_ms"} for row in rows]
 
 
+@pytest.mark.slow
 def test_the_search_on_the_cluster_writes_the_model_local_processes_write(ray_cluster, tiny_model, tmp_path):
     """End to end through the CLI: the same chosen plan, the same candidates with the same metrics, the same
     bytes, with two workers here and two tasks at once there."""
@@ -62,6 +63,7 @@ def test_the_search_on_the_cluster_writes_the_model_local_processes_write(ray_cl
     assert (tmp_path / "ray" / "model.onnx").read_bytes() == (tmp_path / "local" / "model.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_each_modules_measurement_and_fit_on_the_cluster_equals_the_local_one(ray_cluster, tiny_model):
     """Every option's loss equal, every fitted factor bitwise equal: the tasks run with the driver's threads."""
     source = inspect_model(str(tiny_model("roberta-feature-extraction")))
@@ -79,6 +81,7 @@ def test_each_modules_measurement_and_fit_on_the_cluster_equals_the_local_one(ra
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, (key, name)
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_retried_and_a_task_that_fails_is_named_in_one_line(ray_cluster, tmp_path):
     marker = tmp_path / "died-once"
 
@@ -101,6 +104,7 @@ def test_a_worker_that_dies_is_retried_and_a_task_that_fails_is_named_in_one_lin
     assert str(failure.value) == "item 2 failed on the Ray cluster: ValueError: no good"
 
 
+@pytest.mark.slow
 def test_a_candidate_that_fails_on_the_cluster_fails_the_export_and_writes_nothing(ray_cluster, tiny_model,
                                                                                    tmp_path, monkeypatch, capsys):
     def broken(shipped, job):  # runs on the cluster's workers (cloudpickle sends it by value)

@@ -127,6 +127,7 @@ def test_optimum_gives_the_bare_sessions_embeddings(minilm_r2):
     np.testing.assert_allclose(bare, ort_model(**batch).last_hidden_state.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fidelity_falls_as_the_ratio_grows(tmp_path, minilm_r2):
     gentle = export(str(MINILM), tmp_path / "r1.33", CompressionConfig(targets="embeddings", ratio=1.33),
                     GraphConfig(optimize="none"), progress=False)

@@ -47,6 +47,7 @@ def external_everywhere(monkeypatch):
 
 
 @pytest.mark.parametrize("case", GRAPH_CASES)
+@pytest.mark.slow
 def test_every_step_keeps_the_weights_in_model_onnx_data_and_the_manifest_counts_them(
         case, tiny_model, tmp_path, monkeypatch):
     model, graph = tiny_model("bert-text-classification"), GRAPH_CASES[case]
@@ -73,6 +74,7 @@ def test_every_step_keeps_the_weights_in_model_onnx_data_and_the_manifest_counts
         np.testing.assert_allclose(_outputs(folder, "model.ort")[0], _outputs(folder)[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_per_module_precisions_keep_external_data(tiny_model, tmp_path, external_everywhere):
     model = tiny_model("bert-text-classification")
     precisions = {"bert.encoder.layer.0.intermediate.dense": "int4-32", "bert.encoder.layer.1.output.dense": "int8"}
@@ -84,6 +86,7 @@ def test_per_module_precisions_keep_external_data(tiny_model, tmp_path, external
     assert not [p for p in (tmp_path / "mixed").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_pack_carries_the_external_data_and_the_unpacked_folder_runs(tiny_model, tmp_path, external_everywhere):
     folder = tmp_path / "model"
     _export(tiny_model("bert-text-classification"), folder, GraphConfig(optimize="none", quantize="int8"))
@@ -147,6 +150,7 @@ def test_a_graph_small_enough_is_saved_whole_again(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+@pytest.mark.slow
 def test_a_graph_too_large_for_the_ort_format_fails_in_one_line_and_writes_nothing(tiny_model, tmp_path, monkeypatch):
     from edgefold.exporter.graph import mobile
     from edgefold.runtime import EdgefoldError

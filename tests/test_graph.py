@@ -44,6 +44,7 @@ def test_auto_measures_every_candidate_and_keeps_the_fastest(minilm_r2):
     assert all(kept[op] == n for op, n in candidates[optimization["chosen"]]["fused_ops"].items())
 
 
+@pytest.mark.slow
 def test_forced_fusion_int8_arm64_and_ort_format_on_the_real_minilm(tmp_path):
     folder = tmp_path / "minilm"
     manifest = export(str(MINILM), folder, EMBEDDINGS_FREQ,
@@ -74,6 +75,7 @@ def test_forced_fusion_int8_arm64_and_ort_format_on_the_real_minilm(tmp_path):
     assert _run(folder / "model.onnx", texts, tokenizer).shape[-1] == 384
 
 
+@pytest.mark.slow
 def test_onnxscript_fusions_int8_and_ort_format_on_a_factorised_causal_lm(tiny_model, tmp_path):
     folder = tmp_path / "gpt2"
     manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(ratio=2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,58 @@ def test_json_replaced_only_when_edgefold_wrote_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]
 
 
+def test_export_overwrite_keeps_a_folder_the_user_added_to_an_export(capsys, tiny_model, tiny_export, tmp_path):
+    """An export folder replaced with --overwrite holds only what its manifest lists: an empty folder the user made
+    in it (for results to come) is not edgefold's to delete."""
+    out = tmp_path / "out"
+    shutil.copytree(tiny_export, out)
+    (out / "results").mkdir()
+    _one_error(capsys, ["export", tiny_model("bert-fill-mask"), out, "--overwrite"], match="holds files edgefold did not write")
+    assert (out / "results").is_dir()
+
+
+def test_probes_overwrite_replaces_only_the_graphs_its_index_lists(capsys, tiny_model, tmp_path):
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "probes.json").write_text(json.dumps({"schema": "edgefold.op-probes", "schema_version": 1,
+                                                   "tokens": 8, "probes": [{"file": "matmul_8x8_fp32.onnx"}]}))
+    (probes / "matmul_8x8_fp32.onnx").write_bytes(b"graph")
+    (probes / "notes.txt").write_text("timed on the board, fan on")
+    before = tree_digest(probes)
+    _one_error(capsys, ["probes", tiny_model("bert-fill-mask"), probes, "--overwrite"],
+               match="holds files edgefold did not write")
+    assert tree_digest(probes) == before
+
+
+def test_report_overwrite_replaces_only_the_report_and_the_plots_it_shows(capsys, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# edgefold report\n\n![accuracy against bytes](quality.png)\n")
+    (report / "quality.png").write_bytes(b"\x89PNG")
+    (report / "holiday.png").write_bytes(b"\x89PNG mine")
+    result = tmp_path / "b.json"
+    result.write_text("{}")
+    before = tree_digest(report)
+    _one_error(capsys, ["report", result, "-o", report, "--overwrite"], match="holds files edgefold did not write")
+    assert tree_digest(report) == before
+    (report / "holiday.png").unlink()  # the report alone may be replaced: the next refusal is of the bad input
+    assert main(["report", str(result), "-o", str(report), "--overwrite"]) == 2
+    assert "did not write" not in capsys.readouterr().err
+
+
+def test_a_failed_write_removes_the_folders_it_made_for_the_output(tmp_path):
+    out = tmp_path / "made" / "for" / "out"
+    with pytest.raises(RuntimeError), staged_folder(out) as staging:
+        (staging / "edgefold.json").write_text("{}")
+        raise RuntimeError("the export failed")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / "mine.txt").write_text("mine")
+    with pytest.raises(RuntimeError), staged_folder(out):
+        raise RuntimeError("the export failed")
+    assert [p.name for p in (tmp_path / "made").iterdir()] == ["mine.txt"]
+
+
 def test_report_never_writes_into_a_user_folder(capsys, tmp_path, user_folder):
     result = tmp_path / "b.json"
     result.write_text("{}")
@@ -141,9 +194,13 @@ def test_check_folder_output_accepts_new_and_empty_folders_creates_nothing_and_r
     assert (empty / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGHUP, 129, "terminated (SIGHUP)"),
+                                           (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.slow
 def test_a_signal_during_export_leaves_nothing_behind(tmp_path, sig, code, word):
-    """SIGTERM (kill, timeout, CI) and Ctrl-C while the ONNX file is written: no output, no staging folder."""
+    """SIGTERM (kill, timeout, CI), SIGHUP (a closed terminal or SSH session) and Ctrl-C while the ONNX file is
+    written: no output, no staging folder."""
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "edgefold.cli", "export", str(MINILM), str(out), "--method", "none"],

@@ -39,6 +39,7 @@ def packed(minilm_variants, tmp_path_factory):
     return archive
 
 
+@pytest.mark.slow
 def test_pack_unpack_round_trip_then_validate(packed, minilm_variants, tmp_path, capsys):
     with tarfile.open(packed) as tar:
         names = tar.getnames()

@@ -162,6 +162,7 @@ TINY = [("bert-fill-mask", 128, 2, False), ("gpt2-text-generation", 256, 2, Fals
 
 
 @pytest.mark.parametrize("kind,units,matrices,bias_correction", TINY)
+@pytest.mark.slow
 def test_tiny_models_export_narrower_ffns_with_parity(kind, units, matrices, bias_correction, tiny_model,
                                                       small_calibration, tmp_path):
     config = CompressionConfig(method="prune-ffn", targets="ffn", ratio=3.2, calibration=str(small_calibration),
@@ -200,6 +201,7 @@ def test_sensitivity_gives_the_fragile_block_more_neurons(tiny_model, small_cali
     assert all(len(r.fit["sensitivity"]["widths"]) > 1 for r in records if r.kinds == ("ffn-out",))
 
 
+@pytest.mark.slow
 def test_a_size_budget_sets_the_whole_models_size_in_neurons(tiny_model, small_calibration, tmp_path):
     folder = tiny_model("bert-fill-mask")
     model = transformers.AutoModelForMaskedLM.from_pretrained(folder)
@@ -241,6 +243,7 @@ def test_targets_beyond_or_short_of_the_block_are_refused_in_one_line(targets, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_minilm_prunes_its_ffns_by_default_with_parity_and_runs_in_onnxruntime(small_calibration, tmp_path):
     folder = tmp_path / "out"
     assert main(["export", str(MINILM), str(folder), "--method", "prune-ffn", "--ratio", "2", "--optimize", "none",

@@ -181,6 +181,7 @@ EXPORTS = [("bert-fill-mask", "auto", 4, 4), ("distilbert-text-classification", 
 
 
 @pytest.mark.parametrize("kind,task,matrices,narrowed", EXPORTS)
+@pytest.mark.slow
 def test_tiny_models_export_fewer_heads_with_parity_and_run_in_onnxruntime(kind, task, matrices, narrowed, tiny_model,
                                                                           small_calibration, tmp_path):
     folder = tmp_path / "out"
@@ -204,6 +205,7 @@ def test_tiny_models_export_fewer_heads_with_parity_and_run_in_onnxruntime(kind,
         assert run(session, None, make_feed(session, inputs["input_ids"], inputs["attention_mask"]))[0].shape[0] == 1
 
 
+@pytest.mark.slow
 def test_a_pruned_llama_generates_in_onnxruntime_as_in_torch(tiny_model, small_calibration, tmp_path):
     """config.json records the kept key/value heads, and greedy tokens from the narrower graph, its first, empty
     cache and every later one, equal torch's."""
@@ -235,6 +237,7 @@ def _generates_as_in_torch(folder, model, tokenizer):
     np.testing.assert_array_equal(tokens, expected.numpy())
 
 
+@pytest.mark.slow
 def test_a_gpt2_causal_lm_exports_a_cache_of_each_layers_kept_heads_and_generates_as_in_torch(
         tiny_model, small_calibration, tmp_path):
     """GPT-2's config (n_head and pruned_heads, as transformers writes it) cannot size a cache of fewer heads: the
@@ -263,6 +266,7 @@ def _past_heads(layer: int, kept: int):
     return f"past_heads.{layer}" if backend() == "optimum" else kept
 
 
+@pytest.mark.slow
 def test_gpt2_layers_keeping_different_head_counts_export_with_a_cache_each(tiny_model, tmp_path):
     """Layer 0 keeps two heads, layer 1 one: each layer's cache has its own count; the exported config is the
     original n_head with transformers' pruned_heads."""
@@ -281,6 +285,7 @@ def test_gpt2_layers_keeping_different_head_counts_export_with_a_cache_each(tiny
     _generates_as_in_torch(tmp_path, model, tokenizer)
 
 
+@pytest.mark.slow
 def test_minilm_keeps_three_quarters_of_its_heads_with_parity_and_runs_in_onnxruntime(small_calibration, tmp_path):
     folder = tmp_path / "out"
     manifest = export(str(MINILM), folder, _config(small_calibration, ratio=1.333), GraphConfig(optimize="none"),

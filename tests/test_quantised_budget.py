@@ -17,6 +17,7 @@ def test_graph_config_tells_the_budget_what_a_parameter_costs(quantize):
     assert config.rank_multiple == (32 if quantize == "int4" else 8)
 
 
+@pytest.mark.slow
 def test_an_int8_budget_allocates_four_times_the_parameters(tiny_model, tmp_path):
     """The same byte budget buys four times the fp32 budget's parameters at int8, and the file fits it."""
     folder = tiny_model("roberta-feature-extraction")

@@ -19,6 +19,7 @@ def _ops(folder):
     return Counter(n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node)
 
 
+@pytest.mark.slow
 def test_int8_on_the_real_minilm(tmp_path, minilm_variants):
     fp32 = read_manifest(minilm_variants["reference"])
     int8 = export(str(MINILM), tmp_path / "int8", CompressionConfig(method="none"),
@@ -42,6 +43,7 @@ def test_int8_on_the_real_minilm(tmp_path, minilm_variants):
     assert hidden.shape == (1, inputs["input_ids"].shape[1], 384)
 
 
+@pytest.mark.slow
 def test_int4_on_a_factorised_causal_lm(tiny_model, tmp_path):
     folder = tmp_path / "gpt2-int4"
     manifest = export(str(tiny_model("gpt2-text-generation")), folder, CompressionConfig(targets="ffn", ratio=1.5),

@@ -83,6 +83,7 @@ def _cosines(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
+@pytest.mark.slow
 def test_weight_nodes_follow_the_module_scope(exports):
     graph = _graph(exports("minilm"))
     found = weight_nodes(graph, ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self",
@@ -140,6 +141,7 @@ def test_mixed_precisions_on_the_real_minilm(exports, tmp_path):
     assert cosines.min() > 0.95 and cosines.mean() > 0.98
 
 
+@pytest.mark.slow
 def test_factorised_modules_quantise_both_factors(exports, tmp_path):
     source = exports("bert-fill-mask", "svd")
     found = weight_nodes(_graph(source), ["bert.encoder.layer.0.attention.self.query",
@@ -163,6 +165,7 @@ def test_factorised_modules_quantise_both_factors(exports, tmp_path):
     assert _cosines(_run(source, ids), _run(output, ids), ids).min() > 0.95
 
 
+@pytest.mark.slow
 def test_a_basis_shared_by_layers(exports, tmp_path):
     source = exports("bert-fill-mask", "svd-shared")
     graph = _graph(source)
@@ -184,6 +187,7 @@ def test_a_basis_shared_by_layers(exports, tmp_path):
 TIED_TABLE = {"transformer.wte.weight", "lm_head.weight"}
 
 
+@pytest.mark.slow
 def test_gpt2_tied_head_and_gemms(exports, tmp_path):
     source = exports("gpt2-text-generation")
     graph = _graph(source)

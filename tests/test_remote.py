@@ -249,6 +249,7 @@ def test_a_device_without_a_package_index_installs_from_a_wheelhouse(server, tin
     assert (tmp_path / "bench-tiny-bert@offline.json").is_file()
 
 
+@pytest.mark.slow
 def test_device_flags_without_on_and_bad_devices_are_one_line_errors(tiny_export, capsys):
     assert main(["bench", str(tiny_export), "--keep-remote"]) == 2
     assert "--keep-remote only apply with --on" in capsys.readouterr().err

@@ -29,6 +29,7 @@ def test_method_none_exports_the_model_unchanged(minilm_variants):
     assert manifest["fidelity"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bench_measures_every_figure_and_compares_alternately(minilm_variants, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", str(minilm_variants["mild"]), "--compare", str(minilm_variants["reference"]),
@@ -114,6 +115,7 @@ def test_bench_bad_input(problem, minilm_variants, tmp_path, capsys):
     assert match in _error_line(capsys)
 
 
+@pytest.mark.slow
 def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, tmp_path, capsys):
     reference = str(minilm_variants["reference"])
     mild = tmp_path / "mild.json"
@@ -132,6 +134,7 @@ def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, 
     assert not json.loads(harsh.read_text())["passed"]
 
 
+@pytest.mark.slow
 def test_validate_against_the_original_hugging_face_model(minilm_variants, tmp_path, capsys):
     from conftest import MINILM
 
@@ -190,6 +193,7 @@ def test_validate_refuses_a_tokenizer_that_does_not_match(minilm_variants, tmp_p
 @pytest.mark.parametrize("kind,metric", [("distilbert-text-classification", "label_agreement"),
                                          ("gpt2-text-generation", "perplexity_ratio"),
                                          ("bert-fill-mask", "perplexity_ratio")])
+@pytest.mark.slow
 def test_validate_is_task_aware(kind, metric, tiny_model, tmp_path):
     source = str(tiny_model(kind))
     export(source, tmp_path / "ref", CompressionConfig(method="none"), progress=False)
@@ -202,6 +206,7 @@ def test_validate_is_task_aware(kind, metric, tiny_model, tmp_path):
         assert 1000 < metrics["perplexity_reference"] < 100000 and metrics["perplexity_ratio"] > 0
 
 
+@pytest.mark.slow
 def test_report_merges_machines_and_keeps_emulated_timings_apart(minilm_variants, tmp_path):
     bench = tmp_path / "bench.json"
     main(["bench", str(minilm_variants["mild"]), *QUICK, "-o", str(bench)])
@@ -219,6 +224,7 @@ def test_report_merges_machines_and_keeps_emulated_timings_apart(minilm_variants
     assert "(EMULATED)" in text and "mean_cosine" in text
 
 
+@pytest.mark.slow
 def test_runtime_alone_in_a_fresh_venv(minilm_variants, tmp_path):
     """pip install edgefold (no extras) gives bench and validate, with no torch or transformers anywhere."""
     venv = tmp_path / "venv"

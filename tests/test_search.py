@@ -96,6 +96,7 @@ def test_weight_bytes_per_precision(precision, per_value):
     assert weight_bytes(OpShape("MatMul", 384, 1536), precision) == 384 * 1536 * per_value
 
 
+@pytest.mark.slow
 def test_the_predicted_bytes_of_a_mixed_plan_are_the_bytes_onnxruntime_stores(tmp_path, tiny_model):
     folder = tiny_model("roberta-feature-extraction")
     export(str(folder), tmp_path / "fp32", CompressionConfig(method="none"), GraphConfig(optimize="none"),
@@ -157,6 +158,7 @@ def minilm_search(tmp_path_factory) -> tuple[Path, dict, int]:
     return out, read_manifest(out) if code == 0 else {}, code
 
 
+@pytest.mark.slow
 def test_the_default_export_searches_and_writes_the_smallest_model_that_passes(minilm_search):
     out, manifest, code = minilm_search
     assert code == 0
@@ -174,6 +176,7 @@ def test_the_default_export_searches_and_writes_the_smallest_model_that_passes(m
     assert manifest["plan"]["modules"] and manifest["quantization"]["scheme"] == "mixed"
 
 
+@pytest.mark.slow
 def test_the_written_model_passes_validate_on_text_the_search_never_saw(minilm_search, minilm_variants):
     out, manifest, code = minilm_search
     assert code == 0
@@ -182,6 +185,7 @@ def test_the_written_model_passes_validate_on_text_the_search_never_saw(minilm_s
     assert report["passed"], report["metrics"]
 
 
+@pytest.mark.slow
 def test_a_plan_replays_as_the_same_graph(minilm_search, tmp_path):
     out, manifest, code = minilm_search
     assert code == 0
@@ -194,6 +198,7 @@ def test_a_plan_replays_as_the_same_graph(minilm_search, tmp_path):
         assert (tmp_path / "again" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_gate_no_candidate_can_pass_writes_nothing_and_names_the_closest(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["export", str(tiny_model("roberta-feature-extraction")), str(out), "--quiet", "--workers", "1",
@@ -203,6 +208,7 @@ def test_a_gate_no_candidate_can_pass_writes_nothing_and_names_the_closest(tiny_
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_recipe_that_fails_its_gate_is_refused_and_one_that_passes_is_written(tiny_model, tmp_path, capsys):
     model = str(tiny_model("roberta-feature-extraction"))
     code = main(["export", model, str(tmp_path / "harsh"), "--quiet", "--method", "svd", "--ratio", "3",
@@ -215,6 +221,7 @@ def test_a_recipe_that_fails_its_gate_is_refused_and_one_that_passes_is_written(
     assert gates["gates"][0]["passed"] and gates["metrics"]["mean_cosine"] > 0.999
 
 
+@pytest.mark.slow
 def test_a_labelled_classifier_is_searched_on_its_labels(tiny_model, tmp_path):
     texts = shipped_texts("evaluation.txt")[:240]
     data = tmp_path / "labelled.csv"
@@ -230,6 +237,7 @@ def test_a_labelled_classifier_is_searched_on_its_labels(tiny_model, tmp_path):
     assert all(g["passed"] for g in search["check"]["gates"]) and search["splits"]["check"] == 40
 
 
+@pytest.mark.slow
 def test_a_causal_lm_is_searched_on_perplexity(tiny_model, tmp_path):
     out = tmp_path / "out"
     assert main(["export", str(tiny_model("gpt2-text-generation")), str(out), "--quiet", "--workers", "1",
@@ -239,6 +247,7 @@ def test_a_causal_lm_is_searched_on_perplexity(tiny_model, tmp_path):
     assert manifest["totals"]["bytes_after"] < manifest["search"]["reference"]["bytes"]
 
 
+@pytest.mark.slow
 def test_the_latency_objective_uses_a_measured_table_and_reports_measured_latency(tiny_model, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -273,6 +282,7 @@ def test_a_plan_for_another_model_is_refused(tiny_model, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_latency_table_measured_on_the_device_steers_the_search(tiny_model, tmp_path):
     """The board's flow: probes written here, timed there (torch-free), the table passed back to the export. A
     board whose int8 kernels are slow (the table says 100x) gets a model without int8."""
@@ -291,6 +301,7 @@ def test_a_latency_table_measured_on_the_device_steers_the_search(tiny_model, tm
     assert "int8" not in search["chosen_plan"], search["chosen_plan"]
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_path, monkeypatch, capsys):
     """The check split is the last word: here it holds text unlike the selection split (symbols, not prose), on
     which the chosen model's worst case falls below a gate that it cleared on selection."""
@@ -316,6 +327,7 @@ def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_untied_output_head_is_planned_for_its_precision_only(tiny_model, tmp_path):
     """Llama's lm_head has its own weight (a third of this tiny model): a plan stores it at a lower precision;
     GPT-2's head, tied to the embeddings, follows them and is not planned on its own."""

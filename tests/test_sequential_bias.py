@@ -139,6 +139,7 @@ def test_layer_by_layer_activations_match_a_full_forward_pass(tiny_model, kind):
 
 @pytest.mark.parametrize("kind", ["bert-fill-mask", "distilbert-text-classification", "gpt2-text-generation",
                                   "llama-text-generation"])
+@pytest.mark.slow
 def test_sequential_with_bias_correction_exports_every_family(tiny_model, tmp_path, kind):
     folder = tiny_model(kind)
     config = CompressionConfig(method="svd-whitened", targets="attention,ffn", ratio=2.0, options=SEQUENTIAL,
@@ -156,6 +157,7 @@ def test_sequential_with_bias_correction_exports_every_family(tiny_model, tmp_pa
         assert run(session, None, make_feed(session, ids, np.ones_like(ids)))[0].shape[0] == 1
 
 
+@pytest.mark.slow
 def test_sequential_and_bias_correction_improve_the_real_minilm(tmp_path):
     """On the real MiniLM at half the Linears' parameters: each step improves the fidelity the export measures
     (held-out verification text, not the calibration text)."""
@@ -177,6 +179,7 @@ def test_bias_correction_needs_a_method():
 
 
 @pytest.mark.parametrize("method", ["svd", "svd-shared"])
+@pytest.mark.slow
 def test_bias_correction_serves_per_module_and_group_methods(tiny_model, tmp_path, method):
     """Every Linear method: the output mean error on calibration text is removed, and the export stays exact."""
     folder = tiny_model("roberta-feature-extraction")
@@ -190,6 +193,7 @@ def test_bias_correction_serves_per_module_and_group_methods(tiny_model, tmp_pat
     assert corrected["parity"]["max_abs_diff"] <= corrected["parity"]["atol"]
 
 
+@pytest.mark.slow
 def test_a_mix_compresses_other_targets_after_the_first_config(tiny_model, tmp_path):
     """Heads pruned, then the FFN factorised on the pruned model (statistics of the model compressed so far)."""
     folder = tiny_model("bert-fill-mask")

@@ -85,6 +85,7 @@ def test_svd_shared_ranks_follow_the_configs_multiple(tiny_model):
     assert [r.rank for r in records] == [32, 32]
 
 
+@pytest.mark.slow
 def test_shared_and_separated_autoencoders_fit_the_same_budget():
     weights, ratio = _group(layers=6, rows=96, cols=32), 2.0
     budget = sum(w.numel() for w in weights) / ratio
@@ -149,6 +150,7 @@ def _padded_batch_matches_each_text_alone(folder):
 
 
 @pytest.mark.parametrize("method", ["ae-shared", "svd-shared"])  # ae-separated: the same graph path
+@pytest.mark.slow
 def test_tiny_gpt2_fused_and_transposed_weights_export(method, tiny_model, tmp_path):
     out = tmp_path / method
     manifest = export(str(tiny_model("gpt2-text-generation")), out,
@@ -169,6 +171,7 @@ def minilm_ae_shared(tmp_path_factory):
                                                            options=QUICK), progress=False)
 
 
+@pytest.mark.slow
 def test_ae_shared_minilm_stores_codes_not_dense_weights(minilm_ae_shared):
     folder, manifest = minilm_ae_shared
     totals = manifest["totals"]
@@ -188,6 +191,7 @@ def test_ae_shared_minilm_runs_in_onnxruntime(minilm_ae_shared):
     _padded_batch_matches_each_text_alone(minilm_ae_shared[0])
 
 
+@pytest.mark.slow
 def test_svd_shared_minilm_stores_each_basis_once(tmp_path):
     out = tmp_path / "svd-shared"
     manifest = export(str(MINILM), out, CompressionConfig(method="svd-shared", targets="attention,ffn", ratio=2),

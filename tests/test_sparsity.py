@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from edgefold.exporter.subnetworks import MaskSet, SparsityConfig, read_masks, sparsify_
+from edgefold.exporter.subnetworks.config import MAX_ROUNDS
 from edgefold.exporter.subnetworks.imp import Checkpoints, lottery_ticket
 from edgefold.exporter.subnetworks.overlap import pair_overlap
 from edgefold.exporter.subnetworks.select import global_magnitude
@@ -202,10 +203,22 @@ def test_imp_schedule_climbs_by_the_round_share_to_the_sparsity(sparsity, share,
 @given(st.integers(1, 999), st.integers(1, 999))
 def test_imp_levels_rise_by_the_round_share_and_end_at_the_sparsity(thousandths, share_thousandths):
     sparsity, share = thousandths / 1000, share_thousandths / 1000
+    if -(-thousandths // share_thousandths) > MAX_ROUNDS:  # each round trains the model: refused, not started
+        with pytest.raises(EdgefoldError, match=f"more than {MAX_ROUNDS}"):
+            SparsityConfig(method="imp", sparsity=sparsity, round_share=share)
+        return
     levels = SparsityConfig(method="imp", sparsity=sparsity, round_share=share).schedule()
     assert levels[-1] == sparsity and len(levels) == -(-thousandths // share_thousandths)
     assert all(b - a == pytest.approx(share) for a, b in zip(levels, levels[1:-1]))
     assert all(0 < b - a <= share + 1e-9 for a, b in zip([0.0, *levels], levels))
+
+
+def test_round_share_is_refused_past_the_round_limit_and_without_imp(tiny_model, tmp_path, capsys):
+    model, out = str(tiny_model("bert-fill-mask")), tmp_path / "out"
+    _refused(capsys, ["prune", model, str(out), "--method", "imp", "--sparsity", "0.5", "--round-share", "0.000001"],
+             "500000 rounds of training, more than 100", out)
+    _refused(capsys, ["prune", model, str(out), "--method", "wanda", "--round-share", "0.2"],
+             "--round-share sets the rounds of --method imp", out)
 
 
 def test_a_sparsity_just_past_a_level_adds_no_round_that_prunes_nothing():
@@ -489,6 +502,7 @@ def imp_export(tiny_model, tmp_path_factory, labelled_data):
     return folder
 
 
+@pytest.mark.slow
 def test_a_pruned_bert_exports_its_zeros_and_runs_as_the_masked_torch_model(tiny_model, bert_magnitude):
     model, tokenizer = _load(tiny_model, "bert-fill-mask")
     found, manifest, graph = _check_export(bert_magnitude, model, tokenizer, 0.5)
@@ -501,6 +515,7 @@ def test_a_pruned_bert_exports_its_zeros_and_runs_as_the_masked_torch_model(tiny
         assert any(np.array_equal(w, weight) or np.array_equal(w, weight.T) for w in initializers), key
 
 
+@pytest.mark.slow
 def test_a_pruned_xlm_roberta_exports_with_parity(tiny_model, tmp_path):
     folder = tmp_path / "xlmr"
     assert main(["prune", str(tiny_model("xlm-roberta-fill-mask")), str(folder), "--sparsity", "0.5", "--quiet"]) == 0
@@ -509,6 +524,7 @@ def test_a_pruned_xlm_roberta_exports_with_parity(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["gpt2-text-generation", "llama-text-generation"])
+@pytest.mark.slow
 def test_causal_lms_prune_with_wanda_and_export_with_parity(tiny_model, tmp_path, kind):
     """GPT-2 stores its Linears transposed (Conv1D) and fuses Q, K and V; Llama has a gated FFN and no pooler."""
     folder = tmp_path / kind
@@ -526,6 +542,7 @@ def test_causal_lms_prune_with_wanda_and_export_with_parity(tiny_model, tmp_path
     assert manifest["sparsity"]["weights_pruned"] == found.total - found.kept
 
 
+@pytest.mark.slow
 def test_an_imp_export_writes_every_level_and_leaves_no_checkpoints(tiny_model, imp_export):
     model, tokenizer = _load(tiny_model, "bert-text-classification")
     found, manifest, _ = _check_export(imp_export, model, tokenizer, 0.2, trained=True)
@@ -538,6 +555,7 @@ def test_an_imp_export_writes_every_level_and_leaves_no_checkpoints(tiny_model, 
     assert not any(p.name.endswith(".imp-levels") for p in imp_export.parent.iterdir())
 
 
+@pytest.mark.slow
 def test_an_interrupted_imp_export_resumes_from_its_checkpoints_to_the_same_masks(tiny_model, labelled_data,
                                                                                 imp_export, tmp_path, monkeypatch):
     save, saved = Checkpoints.save, []
@@ -559,6 +577,7 @@ def test_an_interrupted_imp_export_resumes_from_its_checkpoints_to_the_same_mask
         assert all(np.array_equal(m, theirs.masks[k]) for k, m in mine.masks.items()), name
 
 
+@pytest.mark.slow
 def test_real_minilm_pruned_and_quantised_reports_what_it_costs(tmp_path, capsys):
     folder = tmp_path / "minilm"
     assert main(["prune", str(MINILM), str(folder), "--sparsity", "0.5", "--quantize", "int8", "--quiet"]) == 0
@@ -580,6 +599,7 @@ def feature_mask(tiny_model, tmp_path_factory):
     return folder / "mask.safetensors"
 
 
+@pytest.mark.slow
 def test_a_mask_found_on_features_applies_as_it_is_to_the_classifier(tiny_model, feature_mask, tmp_path):
     folder = tmp_path / "transfer"
     assert main(["prune", str(tiny_model("bert-text-classification")), str(folder), "--mask", str(feature_mask),
@@ -591,6 +611,7 @@ def test_a_mask_found_on_features_applies_as_it_is_to_the_classifier(tiny_model,
     _check_export(folder, model, tokenizer, 0.5)
 
 
+@pytest.mark.slow
 def test_a_random_control_copies_each_weights_pruned_count_not_its_pattern(tiny_model, feature_mask, tmp_path):
     folder = tmp_path / "control"
     assert main(["prune", str(tiny_model("bert-text-classification")), str(folder), "--method", "random",
@@ -648,7 +669,33 @@ def test_masks_overlap_refuses_one_mask_and_a_plot_of_two(bert_magnitude, tmp_pa
     plot = tmp_path / "plot.png"
     _refused(capsys, ["masks", "overlap", mask, mask, "--plot", str(plot)], "three masks or more", plot)
     report = tmp_path / "missing" / "overlap.json"
-    _refused(capsys, ["masks", "overlap", mask, mask, "--json", str(report)], "its folder does not exist", report)
+    _refused(capsys, ["masks", "overlap", mask, mask, "--json", str(report)], "no such folder", report)
+
+
+def test_masks_overlap_never_writes_over_a_mask_or_a_users_file(bert_magnitude, tmp_path, capsys):
+    """--json and --plot replace only their own earlier result, with --overwrite; an input never, whatever the flag."""
+    mask = tmp_path / "mask.safetensors"
+    mask.write_bytes((bert_magnitude / "mask.safetensors").read_bytes())
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(mask.read_bytes())
+    masks = [str(mask), str(other)]
+    before = mask.read_bytes()
+    for flags in ([], ["--overwrite"]):
+        _refused(capsys, ["masks", "overlap", *masks, "--json", str(mask), *flags], "one of this command's inputs")
+    assert mask.read_bytes() == before
+    notes, picture = tmp_path / "notes.json", tmp_path / "holiday.png"
+    notes.write_text('{"mine": true}')
+    picture.write_bytes(b"JPEG, named .png")
+    _refused(capsys, ["masks", "overlap", *masks, "--json", str(notes)], "exists; pass --overwrite")
+    _refused(capsys, ["masks", "overlap", *masks, "--json", str(notes), "--overwrite"], "replaces only files it wrote")
+    _refused(capsys, ["masks", "overlap", *masks, masks[0], "--plot", str(picture), "--overwrite"],
+             "replaces only files it wrote")
+    assert notes.read_text() == '{"mine": true}' and picture.read_bytes() == b"JPEG, named .png"
+    result = tmp_path / "overlap.json"
+    assert main(["masks", "overlap", *masks, "--json", str(result)]) == 0
+    _refused(capsys, ["masks", "overlap", *masks, "--json", str(result)], "exists; pass --overwrite")
+    assert main(["masks", "overlap", *masks, "--json", str(result), "--overwrite"]) == 0
+    assert json.loads(result.read_text())["schema"] == "edgefold.mask-overlap"
 
 
 def test_masks_overlap_of_three_levels_prints_writes_json_and_plots(imp_export, tmp_path, capsys):

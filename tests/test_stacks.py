@@ -38,6 +38,7 @@ def test_the_backend_is_the_one_the_installed_transformers_can_run():
 
 
 @pytest.mark.parametrize("kind", ENCODERS + DECODERS)
+@pytest.mark.slow
 def test_every_architecture_writes_optimums_folder_contract_with_parity(kind, tiny_model, tmp_path):
     model, tokenizer, task = _load(tiny_model(kind), kind)
     folder = tmp_path / "out"
@@ -85,6 +86,7 @@ def test_every_architecture_writes_optimums_folder_contract_with_parity(kind, ti
 
 
 @pytest.mark.parametrize("kind", DECODERS)
+@pytest.mark.slow
 def test_greedy_generation_through_onnxruntime_matches_transformers(kind, tiny_model, tmp_path):
     """The alternative to ``ORTModelForCausalLM.generate`` on transformers 5: the KV cache fed back each step."""
     model, tokenizer, task = _load(tiny_model(kind), kind)
@@ -99,6 +101,7 @@ def test_greedy_generation_through_onnxruntime_matches_transformers(kind, tiny_m
     np.testing.assert_array_equal(generated, expected.numpy())
 
 
+@pytest.mark.slow
 def test_greedy_refuses_a_graph_without_a_cache(tiny_model, tmp_path):
     model, tokenizer, task = _load(tiny_model("bert-fill-mask"), "bert-fill-mask")
     export_onnx(model, task, tmp_path, tokenizer)
@@ -106,6 +109,7 @@ def test_greedy_refuses_a_graph_without_a_cache(tiny_model, tmp_path):
         greedy(open_session(tmp_path / "model.onnx"), np.ones((1, 3), np.int64), np.ones((1, 3), np.int64), 2)
 
 
+@pytest.mark.slow
 def test_a_transformers_5_only_architecture_compresses_and_exports(tiny_model, tmp_path):
     folder = tiny_model("ministral3-text-generation")  # skips below transformers 5, naming the class
     manifest = export(str(folder), tmp_path / "out", CompressionConfig(ratio=2), progress=False)

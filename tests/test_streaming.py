@@ -87,6 +87,7 @@ def test_one_layer_of_original_weights_is_resident_at_a_time(tiny_model):
     assert weights.peak_bytes <= rest_bytes + layer_bytes  # the loader's own accounting, over the whole run
 
 
+@pytest.mark.slow
 def test_streamed_export_gives_the_same_graph_outputs(tiny_model, tmp_path):
     folder = tiny_model(LLAMA)
     config, graph = CompressionConfig(method="svd-whitened", ratio=2.0), GraphConfig(optimize="none")
@@ -132,6 +133,7 @@ def test_bin_weights_are_refused_in_one_line(tiny_model, tmp_path):
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_stream_flag_exports_through_the_cli_and_refuses_in_one_line(tiny_model, tmp_path, capsys):
     from edgefold.cli import main
 

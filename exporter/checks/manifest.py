@@ -14,7 +14,7 @@ from edgefold.exporter.planning.plan import Plan
 from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import ALL_KINDS
 from edgefold.exporter.source.loading import SourceModel
-from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION
+from edgefold.runtime.manifest import CHECKSUMS, CONTENTS, MANIFEST_NAME, SCHEMA, SCHEMA_VERSION, checksums
 
 _VERSIONED = ("edgefold", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxscript", "onnxruntime",
               "numpy")
@@ -106,9 +106,12 @@ def _stage(config: CompressionConfig | None) -> dict | None:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write ``edgefold.json`` last, listing every file of the folder: what ``--overwrite`` may later replace."""
-    written = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    """Write ``edgefold.json`` last, listing every file of the folder (what ``--overwrite`` may later replace)
+    with its size and SHA-256 (what ``bench``, ``validate`` and ``unpack`` check before use)."""
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                     if p.is_file() and p.name != MANIFEST_NAME)
     manifest[CONTENTS] = sorted([*written, MANIFEST_NAME])
+    manifest[CHECKSUMS] = checksums(folder, written)
     path = folder / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path

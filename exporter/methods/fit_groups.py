@@ -14,15 +14,12 @@ from edgefold.exporter.nn.swap import dense_weight, retie_head, swap
 from edgefold.exporter.planning.selection import Selected
 from edgefold.exporter.records import ModuleRecord
 from edgefold.exporter.source.architectures import EMBEDDINGS, ArchitectureSpec
-from edgefold.runtime import EdgefoldError
 
 
 def fit_groups(model: nn.Module, spec: ArchitectureSpec, config: CompressionConfig, method: GroupMethod,
                selected: Selected, means: dict[str, torch.Tensor], progress: bool) -> list[ModuleRecord]:
     """Fit and swap in every group; one record per selected module, in its order. ``means``: the input means of
     the Linears whose biases are corrected."""
-    if config.frequency:
-        raise EdgefoldError(f"method {method.name} fits groups of Linear weights and uses no token counts")
     groups: dict[tuple, list] = {}
     for name, module, kinds in selected:
         weight = dense_weight(module, spec, kinds)

@@ -112,6 +112,8 @@ def inspect_model(model: str, task: str = "auto", trust_remote_code: bool = Fals
             "only if you trust that code"
         )
     spec_for(raw["model_type"])  # refuses an unsupported architecture before any work
+    _check_sizes(raw, config_file)
+    _check_tokenizer_files(path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as error:
@@ -119,6 +121,31 @@ def inspect_model(model: str, task: str = "auto", trust_remote_code: bool = Fals
     weights = _weight_files(path)
     task = infer_task(config) if task == "auto" else check_task(task)
     return SourceModel(model, path, config, task, weights)
+
+
+#: Sizes a config states that must be whole numbers of at least 1 (``num_hidden_layers: -1`` would export a graph
+#: with no layers, and verify it against a model with none).
+_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+          "vocab_size", "max_position_embeddings", "n_layer", "n_embd", "n_head", "n_positions", "n_layers", "dim",
+          "hidden_dim", "n_heads", "head_dim")
+#: A tokenizer's vocabulary lives in one of these; without any, transformers builds one of special tokens only.
+_VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt")
+
+
+def _check_sizes(raw: dict, config_file: Path) -> None:
+    for name in _SIZES:
+        value = raw.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise EdgefoldError(f"{config_file}: {name} must be a whole number of at least 1, not {value!r}")
+    heads, width = raw.get("num_attention_heads") or raw.get("n_head"), raw.get("hidden_size") or raw.get("n_embd")
+    if heads and width and not raw.get("head_dim") and width % heads:
+        raise EdgefoldError(f"{config_file}: hidden size {width} is not a multiple of its {heads} attention heads")
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    if not any((path / name).is_file() for name in _VOCABULARY_FILES) and not any(path.glob("*.model")):
+        raise EdgefoldError(f"{path} has no tokenizer files ({', '.join(_VOCABULARY_FILES)} or a SentencePiece "
+                            "*.model): edgefold needs the model's own tokenizer to calibrate and verify the export")
 
 
 def _weight_files(path: Path) -> tuple[Path, ...]:

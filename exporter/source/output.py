@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.manifest import CONTENTS, MANIFEST_NAME, read_manifest
-from edgefold.runtime.outputs import check_folder_output, check_path, staged_folder
+from edgefold.runtime.outputs import check_folder_output, check_path, holds_only, staged_folder
 
 __all__ = ["check_output_dir", "staged_folder"]
 
@@ -22,11 +22,10 @@ def check_output_dir(output_dir: Path, source_dir: Path, overwrite: bool) -> Non
 
 
 def _only_what_edgefold_wrote(folder: Path) -> bool:
-    """An export's folder holding nothing but the files its manifest lists (a gate file or notes added since
-    would be lost with it)."""
+    """An export's folder holding nothing but the files its manifest lists (a gate file, notes or a folder added
+    since would be lost with it)."""
     try:
         listed = read_manifest(folder).get(CONTENTS)
     except EdgefoldError:
         return False
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()}
-    return isinstance(listed, list) and present <= set(listed)
+    return isinstance(listed, list) and all(isinstance(name, str) for name in listed) and holds_only(folder, listed)

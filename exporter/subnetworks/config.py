@@ -16,6 +16,10 @@ METHODS = ("magnitude", "wanda", "imp", "random", "mask")
 DEFAULT_IMP_STEPS = 50
 
 
+#: IMP's rounds at most: each trains the model, so a share of 1e-6 would mean half a million runs.
+MAX_ROUNDS = 100
+
+
 @dataclass(frozen=True)
 class SparsityConfig:
     """``sparsity``: the share of the targeted weights pruned (None only for ``method="mask"``: the file's).
@@ -53,6 +57,11 @@ class SparsityConfig:
             raise EdgefoldError("--method random --mask FILE copies that mask's sparsity: drop --sparsity")
         if not _share(self.round_share):
             raise EdgefoldError(f"the share pruned each round must be between 0 and 1 (got {self.round_share!r})")
+        rounds = math.ceil(self.sparsity / self.round_share - 1e-6) if self.method == "imp" else 1
+        if rounds > MAX_ROUNDS:
+            raise EdgefoldError(f"--round-share {self.round_share:g} to sparsity {self.sparsity:g} is "
+                                f"{rounds} rounds of training, more than "
+                                f"{MAX_ROUNDS}: prune a larger share each round (the paper's 0.1 is 9 rounds to 0.9)")
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)

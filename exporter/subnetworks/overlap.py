@@ -11,6 +11,8 @@ import numpy as np
 from edgefold.exporter.subnetworks.masks import MaskSet, read_masks
 from edgefold.runtime import EdgefoldError
 
+SCHEMA = "edgefold.mask-overlap"
+
 
 def pair_overlap(a: MaskSet, b: MaskSet) -> dict:
     """Jaccard and agreement of two masks of the same weights, in total and grouped by layer and by kind."""
@@ -47,7 +49,7 @@ def overlap(paths: list[str | Path]) -> dict:
         result = pair_overlap(sets[i], sets[j])
         matrix[i, j] = matrix[j, i] = result["jaccard"]
         pairs.append({"a": names[i], "b": names[j], **result})
-    return {"masks": [{"name": name, "file": str(path), "sparsity": s.sparsity, **s.info}
+    return {"schema": SCHEMA, "masks": [{"name": name, "file": str(path), "sparsity": s.sparsity, **s.info}
                       for name, path, s in zip(names, paths, sets)],
             "pairs": pairs, "jaccard": matrix.tolist()}
 
@@ -91,6 +93,6 @@ def heatmap(result: dict, path: Path, title: str = "Jaccard of kept weights") ->
     figure.colorbar(image, ax=axes, fraction=0.046)
     axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
     return path
