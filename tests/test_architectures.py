@@ -60,6 +60,7 @@ def test_loads_through_optimum_and_matches_a_bare_session(kind, exported):
     np.testing.assert_allclose(bare, np.asarray(through_optimum), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gpt2-text-generation", "bert-fill-mask", "xlm-roberta-fill-mask"])
 def test_tied_head_and_embedding_share_one_stored_table(kind, exported):
     folder, manifest = exported(kind)

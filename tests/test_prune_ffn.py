@@ -9,7 +9,6 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, compress_, export
-from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
 from edgefold.exporter.checks.manifest import format_summary
 from edgefold.exporter.methods import PruneFFN
 from edgefold.exporter.nn.swap import select_modules
@@ -20,7 +19,6 @@ from edgefold.runtime import EdgefoldError
 from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run
-from edgefold.runtime.texts import shipped_texts
 
 
 def _runs_in_onnxruntime(folder, task):
@@ -144,14 +142,6 @@ def test_widths_are_counted_in_units_by_the_allocation():
     allocated = allocate(blocks, budget_params=128 * 192)
     assert sum(allocated[b.name] * 192 for b in blocks) <= 128 * 192
     assert allocated["robust"] < allocated["fragile"]
-
-
-@pytest.fixture(scope="module")
-def small_calibration(tmp_path_factory):
-    """100 shipped calibration lines (80 to fit, 20 to validate)."""
-    path = tmp_path_factory.mktemp("calibration") / "cal.txt"
-    path.write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:100]))
-    return path
 
 
 # (tiny model, its FFN width, the FFN matrices per layer, bias correction); at R = 3.2 a block keeps 40 (80)

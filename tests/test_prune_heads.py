@@ -12,7 +12,6 @@ import transformers
 from conftest import MINILM
 
 from edgefold.exporter import CompressionConfig, GraphConfig, compress_, export
-from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
 from edgefold.exporter.nn.heads import remove_heads
 from edgefold.exporter.nn.swap import dense_weight
 from edgefold.exporter.onnx.export import backend, export_onnx
@@ -21,7 +20,6 @@ from edgefold.exporter.structured import Block, PruneHeads, repair
 from edgefold.cli import main
 from edgefold.runtime.generate import greedy
 from edgefold.runtime.session import make_feed, open_session, run
-from edgefold.runtime.texts import shipped_texts
 
 # The attention output projection of layer i, and the auto class that loads each tiny model.
 READERS = {
@@ -160,14 +158,6 @@ def test_the_repair_on_kept_heads_is_least_squares_on_the_projections_inputs(cen
     torch.testing.assert_close(new_weight, solution[:len(kept)].T, rtol=1e-7, atol=1e-9)
     if centred:
         torch.testing.assert_close(new_bias, solution[-1], rtol=1e-7, atol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def small_calibration(tmp_path_factory):
-    """100 shipped calibration lines (80 to fit, 20 to validate)."""
-    path = tmp_path_factory.mktemp("calibration") / "cal.txt"
-    path.write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:100]))
-    return path
 
 
 def _config(calibration, ratio=2.0):

@@ -101,6 +101,7 @@ def test_weight_nodes_follow_the_module_scope(exports):
     assert all(n.startswith("/encoder/layer.1/") for n in found["encoder.layer.1"])
 
 
+@pytest.mark.slow
 def test_mixed_precisions_on_the_real_minilm(exports, tmp_path):
     source = exports("minilm")
     precisions = {"encoder.layer.0.attention.self.query": "int8", "encoder.layer.0.attention.self.key": "int4-32",

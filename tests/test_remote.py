@@ -87,6 +87,7 @@ def test_bench_on_two_devices_in_parallel_then_one_report(server, device_root, m
     assert (tmp_path / "report" / "latency-p50.png").is_file()
 
 
+@pytest.mark.slow
 @needs_sshd
 def test_validate_on_a_device_sends_data_and_gates_and_exits_1_on_a_failed_gate(server, device_root, tiny_export,
                                                                                tmp_path, capsys):
@@ -225,6 +226,7 @@ def test_keep_remote_leaves_the_run_folder_with_the_unpacked_model(server, devic
     subprocess.run(["rm", "-rf", str(folder)], check=True)
 
 
+@pytest.mark.slow
 @needs_sshd
 def test_a_device_without_a_package_index_installs_from_a_wheelhouse(server, tiny_export, tmp_path, capsys):
     from importlib import metadata

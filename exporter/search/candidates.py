@@ -24,6 +24,7 @@ from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.distributed import Executor, Folder
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.methods import LowRankFactors
+from edgefold.exporter.onnx.reuse import ExportedGraphs
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import Plan
 from edgefold.runtime.dataset import EvalData
@@ -57,6 +58,10 @@ class Job:
     threads: int = 1
 
 
+#: This process's exported graphs: candidates that differ only in their precisions share one export.
+_EXPORTED = ExportedGraphs()
+
+
 def verify(inputs: Inputs, job: Job) -> dict:
     """Export ``job.plan`` into ``job.folder`` and validate it; an export that fails its own checks is a result
     (``passed`` False, with the reason), not an exception."""
@@ -66,7 +71,7 @@ def verify(inputs: Inputs, job: Job) -> dict:
         manifest = export(inputs.model, job.folder, CompressionConfig(plan=job.plan),
                           GraphConfig(optimize="none", precisions=job.plan.precisions), task=inputs.task,
                           trust_remote_code=inputs.trust_remote_code, progress=False,
-                          calibration=inputs.calibration, fitted=job.fitted)
+                          calibration=inputs.calibration, fitted=job.fitted, reuse=_EXPORTED)
         report = validate(job.folder, inputs.reference, inputs.data, list(inputs.gates))
     except Exception as error:  # noqa: BLE001  one candidate's failure (a kernel, a quantiser) is a result
         return {**result, "passed": False, "error": f"{type(error).__name__}: {error}", "bytes": None,
