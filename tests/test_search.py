@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import MINILM
+from conftest import MINILM, built_once
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -150,11 +150,17 @@ def test_a_plan_round_trips_and_is_checked_against_the_model(tiny_model):
 # --- end to end: real graphs ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def minilm_search(tmp_path_factory) -> tuple[Path, dict, int]:
-    """The README's default command on the real MiniLM: objective size, default gates, quick search."""
-    out = tmp_path_factory.mktemp("search") / "minilm-small"
-    code = main(["export", str(MINILM), str(out), "--quiet", "--workers", "2", "--max-candidates", "7"])
+    """The README's default command on the real MiniLM: objective size, default gates, quick search (once per
+    run, whichever worker asks first: a module fixture is torn down whenever a worker turns to another file)."""
+    def build(root: Path) -> None:
+        code = main(["export", str(MINILM), str(root / "minilm-small"), "--quiet", "--workers", "2",
+                     "--max-candidates", "7"])
+        (root / "exit-code").write_text(str(code))
+
+    root = built_once(tmp_path_factory, "minilm-search", build)
+    out, code = root / "minilm-small", int((root / "exit-code").read_text())
     return out, read_manifest(out) if code == 0 else {}, code
 
 

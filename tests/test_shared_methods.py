@@ -165,12 +165,10 @@ def test_tiny_gpt2_fused_and_transposed_weights_export(method, tiny_model, tmp_p
 
 
 @pytest.fixture(scope="module")
-def minilm_ae_shared(tmp_path_factory, small_calibration):
-    """The real MiniLM with ae-shared, fitted on 100 calibration lines, unfused (what its tests read is the
-    storage and the parity)."""
+def minilm_ae_shared(tmp_path_factory):
+    """The real MiniLM with ae-shared, unfused (what its tests read is the storage and the parity)."""
     out = tmp_path_factory.mktemp("shared") / "minilm-ae-shared"
-    config = CompressionConfig(method="ae-shared", targets="attention,ffn", ratio=2, options=QUICK,
-                               calibration=str(small_calibration))
+    config = CompressionConfig(method="ae-shared", targets="attention,ffn", ratio=2, options=QUICK)
     return out, export(str(MINILM), out, config, GraphConfig(optimize="none"), progress=False)
 
 
