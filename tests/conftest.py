@@ -56,7 +56,10 @@ def _module_fixtures(item) -> list[str]:
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return []
-    autouse = set(item.session._fixturemanager._getautousenames(item))
+    try:  # pytest's own list (private): without it, autouse fixtures only group a few more tests
+        autouse = set(item.session._fixturemanager._getautousenames(item))
+    except AttributeError:
+        autouse = set()
     return [name for name in info.names_closure if name not in autouse
             and (defs := info.name2fixturedefs.get(name)) and defs[-1].scope in ("module", "session")
             and defs[-1].func.__module__ == item.module.__name__]
