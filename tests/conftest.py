@@ -71,14 +71,16 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     folder = root / "shared" / name
+    built = folder.with_name(f"{name}.built")  # beside it: the folder holds only what ``build`` wrote
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not (folder / ".built").exists():
+        if not built.exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
             build(folder)
-            (folder / ".built").touch()
+            built.touch()
     return folder
+
 
 #: optimum's ORTModel classes need optimum-onnx, which only the legacy stack (transformers 4.57) has.
 requires_optimum = pytest.mark.skipif(
