@@ -31,7 +31,7 @@ from edgefold.exporter.nn.layers import LowRankEmbedding
 from edgefold.exporter.nn.swap import tied_head
 from edgefold.exporter.onnx import decoding, passes
 from edgefold.exporter.onnx.export import export_onnx
-from edgefold.exporter.onnx.reuse import ExportedGraphs
+from edgefold.exporter.onnx.reuse import ExportedGraphs, graph_cache
 from edgefold.exporter.source.architectures import spec_for
 from edgefold.exporter.source.lazy import LazyWeights
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
@@ -72,7 +72,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     whole model at once are refused before any work; the factors and outputs are those of an unstreamed run.
 
     ``reuse`` keeps exported graphs: a network exported before through the same ``reuse`` is copied, not exported
-    again (a search's candidates that differ only in their precisions).
+    again (a search's candidates that differ only in their precisions). ``EDGEFOLD_GRAPH_CACHE`` names a folder
+    that takes its place for every export (see ``exporter.onnx.reuse``).
     """
     graph = graph or GraphConfig()
     if sparsity is not None and config is not None and config.method != NO_COMPRESSION:
@@ -125,7 +126,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, reuse)
+        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, graph_cache() or reuse)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +15,26 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "te
 
 
 def open_session(model_path: str | Path, threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
-    """A CPU session on ``model_path``; ``threads`` sets intra-op threads (None: onnxruntime's default).
+    """A CPU session on ``model_path``; ``threads`` sets intra-op threads (None: :func:`default_threads`).
 
     Turn ``spinning`` off when several sessions take turns: a pool that spins after its run steals the cores
     the next session needs.
     """
     options = ort.SessionOptions()
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return create_session(model_path, options)
+
+
+def default_threads() -> int | None:
+    """``OMP_NUM_THREADS`` where it is a positive whole number, as torch and numpy read it (a process that shares
+    the cores with others is told so: onnxruntime alone ignores it and takes every core, spinning); else None,
+    onnxruntime's own default of one thread per core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def create_session(model_path: str | Path, options: ort.SessionOptions) -> ort.InferenceSession:

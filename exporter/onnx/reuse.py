@@ -1,15 +1,24 @@
-"""Exported graphs kept for reuse within one process.
+"""Exported graphs kept for reuse: within one process, or in a folder shared by processes and runs.
 
 A search verifies many candidates whose torch networks are the same: plans that differ only in the precisions
-applied to the graph afterwards. The ONNX export is the slow step (about 30 s for MiniLM) and it is deterministic,
-so a network already exported in this process is copied from the kept folder instead of exported again.
+applied to the graph afterwards, and the uniform int8 and int4 baselines, whose network is the original. The ONNX
+export is the slow step (about 30 s for MiniLM, 10 s for a tiny model) and it is deterministic, so a network
+exported before is copied from where it was kept instead of exported again. Every export still checks the copy
+against the torch model (parity), so a kept graph that is wrong fails loudly.
+
+``EDGEFOLD_GRAPH_CACHE=FOLDER`` keeps every graph exported in ``FOLDER`` for every process and later run (the test
+suite shares one); nothing is written outside the output folder unless it is set.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
+import importlib.metadata
+import os
 import shutil
+import sys
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -17,24 +26,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-#: Graphs kept at once (the oldest goes first): a search's candidates share a handful of networks.
+#: Graphs kept at once in a process (the oldest goes first): a search's candidates share a handful of networks.
 KEPT = 3
+#: The variable naming a folder where every exported graph is kept, for every process and run.
+CACHE_VARIABLE = "EDGEFOLD_GRAPH_CACHE"
 
 
 class ExportedGraphs:
-    """Folders of graphs exported in this process, by a digest of what the export reads: the task, the
-    network's modules, config and every tensor, and the tokenizer."""
+    """Folders of exported graphs, by a digest of what the export reads: the task, the network's modules, config
+    and every tensor, the tokenizer, and the versions of the code that exports.
 
-    def __init__(self, kept: int = KEPT) -> None:
-        self._kept = kept
-        self._root: Path | None = None
-        self._folders: OrderedDict[str, tuple[Path, int]] = OrderedDict()
+    ``ExportedGraphs()`` keeps the last ``kept`` in a temporary folder of this process; ``ExportedGraphs(folder)``
+    keeps all of them in ``folder``, where other processes find them: an entry is whole or absent (written
+    beside it, then renamed into place).
+    """
+
+    def __init__(self, folder: Path | None = None, kept: int = KEPT) -> None:
+        self._folder = folder
+        self._kept = kept if folder is None else None  # a shared folder keeps everything
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     @staticmethod
     def key(network: nn.Module, task: str, tokenizer) -> str:
         digest = hashlib.sha256()
-        described = [task, type(network).__qualname__, repr(network), network.config.to_json_string(),
-                     getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
+        described = [_exporter_code(type(network)), task, type(network).__qualname__, repr(network),
+                     network.config.to_json_string(), getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
         digest.update("\n".join(described).encode())
         for name, tensor in network.state_dict().items():
             digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -43,25 +59,68 @@ class ExportedGraphs:
 
     def restore(self, key: str, folder: Path) -> int | None:
         """Copy the graph kept under ``key`` into ``folder``; its count of shared weights, or None if none is kept."""
-        if key not in self._folders:
+        if self._folder is None:  # nothing kept yet
             return None
-        kept, shared = self._folders[key]
-        self._folders.move_to_end(key)
-        for path in kept.iterdir():
+        entry = self._folder / key
+        if not (entry / "shared").is_file():
+            return None
+        if key in self._recent:
+            self._recent.move_to_end(key)
+        for path in (entry / "files").iterdir():
             shutil.copy2(path, folder / path.name)
-        return shared
+        return int((entry / "shared").read_text())
 
     def keep(self, key: str, folder: Path, shared: int) -> None:
         """Keep a copy of the freshly exported ``folder`` (flat: graph, weights, config, tokenizer)."""
-        if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="edgefold-graphs-"))
-            atexit.register(shutil.rmtree, self._root, True)
-        kept = self._root / key
-        shutil.copytree(folder, kept, dirs_exist_ok=True)
-        self._folders[key] = (kept, shared)
-        while len(self._folders) > self._kept:
-            _, (oldest, _) = self._folders.popitem(last=False)
-            shutil.rmtree(oldest, ignore_errors=True)
+        root = self._root()
+        aside = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=root))
+        shutil.copytree(folder, aside / "files")
+        (aside / "shared").write_text(str(shared))
+        try:
+            os.rename(aside, root / key)
+        except OSError:  # another process kept the same graph first
+            shutil.rmtree(aside, ignore_errors=True)
+        if self._kept is not None:
+            self._recent[key] = None
+            while len(self._recent) > self._kept:
+                oldest, _ = self._recent.popitem(last=False)
+                shutil.rmtree(root / oldest, ignore_errors=True)
+
+    def _root(self) -> Path:
+        if self._folder is None:
+            self._folder = _process_folder()
+        self._folder.mkdir(parents=True, exist_ok=True)
+        return self._folder
+
+
+def graph_cache() -> ExportedGraphs | None:
+    """The graphs kept in the folder ``EDGEFOLD_GRAPH_CACHE`` names, or None where it is not set."""
+    folder = os.environ.get(CACHE_VARIABLE)
+    return ExportedGraphs(Path(folder)) if folder else None
+
+
+def _process_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="edgefold-graphs-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+@functools.cache
+def _exporter_code(network_class: type) -> str:
+    """What a graph depends on beside the network: the exporting libraries' versions and the source of edgefold's
+    export and layer code and of the model's own module (remote code changes without a version)."""
+    digest = hashlib.sha256()
+    for name in ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "optimum", "optimum-onnx"):
+        try:
+            digest.update(f"{name} {importlib.metadata.version(name)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{name} absent\n".encode())
+    here = Path(__file__).parent
+    sources = [*sorted(here.glob("*.py")), *sorted((here.parent / "nn").glob("*.py")),
+               Path(getattr(sys.modules.get(network_class.__module__), "__file__", "") or os.devnull)]
+    for path in sources:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:
