@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgefold.exporter.onnx import passes
+
 #: Graphs kept at once in a process (the oldest goes first): a search's candidates share a handful of networks.
 KEPT = 3
 #: The variable naming a folder where every exported graph is kept, for every process and run.
@@ -34,7 +36,8 @@ CACHE_VARIABLE = "EDGEFOLD_GRAPH_CACHE"
 
 class ExportedGraphs:
     """Folders of exported graphs, by a digest of what the export reads: the task, the network's modules, config
-    and every tensor, the tokenizer, and the versions of the code that exports.
+    and every tensor, the tokenizer, the versions of the code that exports and the size from which weights are
+    written as external data.
 
     ``ExportedGraphs()`` keeps the last ``kept`` in a temporary folder of this process; ``ExportedGraphs(folder)``
     keeps all of them in ``folder``, where other processes find them: an entry is whole or absent (written
@@ -49,7 +52,7 @@ class ExportedGraphs:
     @staticmethod
     def key(network: nn.Module, task: str, tokenizer) -> str:
         digest = hashlib.sha256()
-        described = [_exporter_code(type(network)), task, type(network).__qualname__, repr(network),
+        described = [_exporter_code(type(network)), f"external data from {passes.EXTERNAL_DATA_THRESHOLD}", task, type(network).__qualname__, repr(network),
                      network.config.to_json_string(), getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
         digest.update("\n".join(described).encode())
         for name, tensor in network.state_dict().items():
