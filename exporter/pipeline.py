@@ -90,6 +90,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
         if sparsity is not None:
             raise EdgefoldError("a streamed run cannot find a sub-network: pruning trains the whole model")
         check_streamable(config, fitted)
+    reuse = graph_cache() or reuse  # checked before any work
     step = _Steps(progress, total=5 + len(graph.steps))
     source = inspect_model(str(model), task, trust_remote_code)
     check_output_dir(output_dir, source.path, overwrite)
@@ -126,7 +127,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, graph_cache() or reuse)
+        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, reuse)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)

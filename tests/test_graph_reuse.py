@@ -63,6 +63,18 @@ def test_a_cache_folder_serves_every_process_and_keeps_whole_entries_only(tiny_m
     assert len(exported) == 2 and len(list(cache.iterdir())) == 2
 
 
+def test_a_cache_that_is_not_a_folder_is_refused_in_one_line_before_any_work(tiny_model, tmp_path, monkeypatch,
+                                                                             capsys):
+    from edgefold.cli import main
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("mine")
+    monkeypatch.setenv(CACHE_VARIABLE, str(not_a_folder))
+    code = main(["export", str(tiny_model("bert-fill-mask")), str(tmp_path / "out"), "--method", "none"])
+    assert code == 2 and "EDGEFOLD_GRAPH_CACHE names" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not_a_folder.read_text() == "mine"
+
+
 def _count_exports(monkeypatch) -> list:
     exported = []
     monkeypatch.setattr(pipeline, "export_onnx", lambda *args: exported.append(args[2]) or export_onnx(*args))

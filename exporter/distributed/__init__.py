@@ -12,6 +12,7 @@ worker once, not once per item, where the executor can (Ray's object store).
 from edgefold.exporter.distributed.cluster import RAY_EXTRA_HINT, RayExecutor, local_head
 from edgefold.exporter.distributed.executor import Executor, executor_for
 from edgefold.exporter.distributed.folders import Folder
-from edgefold.exporter.distributed.local import LocalExecutor
+from edgefold.exporter.distributed.local import LocalExecutor, threads_per_worker
 
-__all__ = ["RAY_EXTRA_HINT", "Executor", "Folder", "LocalExecutor", "RayExecutor", "executor_for", "local_head"]
+__all__ = ["RAY_EXTRA_HINT", "Executor", "Folder", "LocalExecutor", "RayExecutor", "executor_for", "local_head",
+           "threads_per_worker"]

@@ -27,7 +27,7 @@ class LocalExecutor:
             context = multiprocessing.get_context("spawn")
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_share_cores,
-                initargs=(max(1, (os.cpu_count() or 1) // self.workers),))
+                initargs=(threads_per_worker(self.workers),))
         return self
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
@@ -49,6 +49,11 @@ class LocalExecutor:
         except concurrent.futures.process.BrokenProcessPool:
             raise EdgefoldError(f"a worker process died while running {_span(labels)} (out of memory?); try fewer "
                                 "--workers") from None
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' share of this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
 
 
 def _share_cores(threads: int) -> None:

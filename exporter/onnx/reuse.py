@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgefold.exporter.onnx import passes
+from edgefold.runtime import EdgefoldError
 
 #: Graphs kept at once in a process (the oldest goes first): a search's candidates share a handful of networks.
 KEPT = 3
@@ -52,8 +53,9 @@ class ExportedGraphs:
     @staticmethod
     def key(network: nn.Module, task: str, tokenizer) -> str:
         digest = hashlib.sha256()
-        described = [_exporter_code(type(network)), f"external data from {passes.EXTERNAL_DATA_THRESHOLD}", task, type(network).__qualname__, repr(network),
-                     network.config.to_json_string(), getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
+        described = [_exporter_code(type(network)), f"external data from {passes.EXTERNAL_DATA_THRESHOLD}", task,
+                     type(network).__qualname__, repr(network), network.config.to_json_string(),
+                     getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
         digest.update("\n".join(described).encode())
         for name, tensor in network.state_dict().items():
             digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -97,9 +99,14 @@ class ExportedGraphs:
 
 
 def graph_cache() -> ExportedGraphs | None:
-    """The graphs kept in the folder ``EDGEFOLD_GRAPH_CACHE`` names, or None where it is not set."""
+    """The graphs kept in the folder ``EDGEFOLD_GRAPH_CACHE`` names, or None where it is not set; one line where it
+    names something that is not a folder."""
     folder = os.environ.get(CACHE_VARIABLE)
-    return ExportedGraphs(Path(folder)) if folder else None
+    if not folder:
+        return None
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise EdgefoldError(f"{CACHE_VARIABLE} names {folder}, which is not a folder")
+    return ExportedGraphs(Path(folder))
 
 
 def _process_folder() -> Path:

@@ -9,7 +9,6 @@ on the selection split.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -131,7 +130,3 @@ def verify_all(executor: Executor, shared: Inputs | Shipped, jobs: list[Job]) ->
             manifest["source"]["model"] = shared.inputs.model
             write_manifest(folder, manifest)
     return results
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))

@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from edgefold.exporter.checks.manifest import write_manifest
 from edgefold.exporter.config import CompressionConfig
-from edgefold.exporter.distributed import Executor, executor_for
+from edgefold.exporter.distributed import Executor, executor_for, threads_per_worker
 from edgefold.exporter.graph.config import GraphConfig
 from edgefold.exporter.graph.quantize import PRECISIONS
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
-from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, threads_per_worker, verify_all
+from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, verify_all
 from edgefold.exporter.search.frontier import Point, curve
 from edgefold.exporter.search.latency import OpShape, measure_table, model_latencies, model_latency
 from edgefold.exporter.search.report import write_report
