@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import transformers
@@ -110,3 +112,33 @@ def test_an_embedding_candidate_is_scored_with_its_tied_head(model_class, embedd
     swapped = torch_outputs(model, scorer.batches)
     assert score == pytest.approx(fidelity(scorer.task, scorer.reference, swapped, scorer.batches)["mean_cosine"],
                                   abs=1e-6)
+
+
+@pytest.mark.parametrize("kind,model_class", [
+    ("bert-fill-mask", "BertForMaskedLM"), ("distilbert-text-classification", "DistilBertForSequenceClassification"),
+    ("gpt2-text-generation", "GPT2LMHeadModel"), ("llama-text-generation", "LlamaForCausalLM"),
+    ("mistral-text-generation", "MistralForCausalLM")])
+def test_replayed_layers_score_exactly_what_the_whole_model_scores(tiny_model, kind, model_class):
+    """The scorer's earlier layers replay their recorded outputs: every module's score, the output head's too,
+    is the one a whole forward pass gives, to the last bit."""
+    folder = tiny_model(kind)
+    model = _load(folder, model_class)
+    scorer = ValidationScorer(model, shipped_texts()[:12], transformers.AutoTokenizer.from_pretrained(folder))
+    assert scorer.recorded is not None and len(scorer.recorded) == model.config.num_hidden_layers
+    prefix, _ = scorer.stack
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"]
+    assert any(n.startswith(f"{prefix}.1.") for n in names)
+    for name in [n for n in names if n.startswith(f"{prefix}.")] + [names[-1]]:
+        original = model.get_submodule(name)
+        kind_of = "output-head" if not name.startswith(f"{prefix}.") else "ffn-out"
+        candidate = copy.deepcopy(original)
+        with torch.no_grad():  # not a scaling: a head's cosine would not see it
+            candidate.weight.add_(torch.randn(candidate.weight.shape, generator=torch.Generator().manual_seed(0)))
+        replayed = scorer.with_module(name, kind_of, original, candidate)
+        recorded, scorer.recorded = scorer.recorded, None
+        try:
+            whole = scorer.with_module(name, kind_of, original, candidate)
+        finally:
+            scorer.recorded = recorded
+        assert replayed == whole and replayed < 1.0, name
+    assert not any("forward" in vars(layer) for layer in scorer.stack[1])  # the layers' own forward again
