@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgefold.runtime.dataset import EvalData, load_data
 from edgefold.runtime.errors import EdgefoldError
+
 from . import args as flags
 
 EXPORT_EXTRA_HINT = 'the exporter is not installed: pip install "edgefold[export]"'
@@ -87,6 +88,10 @@ def add_parser(commands) -> None:
     recipe.add_argument("--quantize", choices=("none", "int8", "int4"), default=None,
                         help="after the fold: onnxruntime int8 dynamic quantisation, or 4-bit weight-only "
                              "MatMulNBits (default: none)")
+    recipe.add_argument("--quant-algorithm", choices=("rtn", "gptq"), default=None,
+                        help="how 4-bit weights are chosen: rtn (onnxruntime's round to nearest) or gptq (error "
+                             "feedback fitted on --calibration text, act-order; with --quantize int4 or a --plan; "
+                             "default: rtn)")
     recipe.add_argument("--per-channel", action="store_true", default=None, help="int8 weights with one scale per channel")
     recipe.add_argument("--quantize-for", metavar="CPU", default=None,
                         help="CPU the int8 weights are typed for: generic, arm64, avx512-vnni (signed weights, "
@@ -108,7 +113,8 @@ def add_parser(commands) -> None:
 
 #: Flags that spell out a recipe: any of them and edgefold exports that recipe instead of searching for one.
 RECIPE_FLAGS = ("method", "targets", "ratio", "size_budget", "allocation", "frequency", "calibration",
-                "method_option", "bias_correction", "quantize", "per_channel", "quantize_for", "stream")
+                "method_option", "bias_correction", "quantize", "quant_algorithm", "per_channel", "quantize_for",
+                "stream")
 SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates", "ray")
 
 
@@ -121,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = [f"--{name.replace('_', '-')}" for name in RECIPE_FLAGS if getattr(args, name) is not None]
     searching = [f"--{name.replace('_', '-')}" for name in SEARCH_FLAGS if getattr(args, name) is not None]
     if args.plan:  # its factors may be fitted again: on --calibration text, as the search fitted on --data
-        recipe = [flag for flag in recipe if flag != "--calibration"]
+        recipe = [flag for flag in recipe if flag not in ("--calibration", "--quant-algorithm")]
         if recipe or searching:
             raise EdgefoldError(f"--plan exports a plan as it is: not with {', '.join(recipe + searching)}")
     if recipe and searching:
@@ -181,7 +187,7 @@ def _recipe(args: argparse.Namespace, exporter) -> tuple:
         bias_correction=bool(args.bias_correction))
     graph = exporter.GraphConfig(optimize=given("optimize", "auto"), quantize=given("quantize", "none"),
                                  per_channel=bool(args.per_channel), target=given("quantize_for", "generic"),
-                                 formats=_formats(args))
+                                 algorithm=given("quant_algorithm", "rtn"), formats=_formats(args))
     return config, graph
 
 
@@ -190,7 +196,8 @@ def _plan(args: argparse.Namespace, exporter) -> tuple:
 
     plan = Plan.read(args.plan)
     graph = exporter.GraphConfig(optimize=args.optimize if args.optimize is not None else "none",
-                                 precisions=plan.precisions, formats=_formats(args))
+                                 precisions=plan.precisions, algorithm=args.quant_algorithm or "rtn",
+                                 formats=_formats(args))
     return exporter.CompressionConfig(plan=plan, seed=args.seed, calibration=args.calibration), graph
 
 

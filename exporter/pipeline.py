@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgefold.exporter.calibration.batches import max_text_length, onnx_outputs, tokenize, torch_outputs
+from edgefold.exporter.calibration.batches import TextBatch, max_text_length, onnx_outputs, tokenize, torch_outputs
 from edgefold.exporter.calibration.corpus import Calibration
 from edgefold.exporter.calibration.streaming import streamed_outputs
 from edgefold.exporter.checks.manifest import build_manifest, write_manifest
@@ -44,6 +44,8 @@ from edgefold.runtime.texts import shipped_texts
 
 #: fp32 ONNX against fp32 torch: kernels differ in summation order, nothing more.
 DEFAULT_PARITY_ATOL = 1e-3
+#: Calibration items GPTQ fits on: its second moments settle well before this many sentences.
+GPTQ_TEXTS = 512
 
 
 def export(model: str | Path, output_dir: str | Path, config: CompressionConfig | None = None,
@@ -83,9 +85,10 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     output_dir = Path(output_dir)
     if not (isinstance(parity_atol, (int, float)) and 0 <= parity_atol < math.inf):
         raise EdgefoldError(f"the parity tolerance must be a finite number of 0 or more (got {parity_atol!r})")
-    if config.calibration is not None and not config.needs_calibration:
+    needs_calibration = config.needs_calibration or graph.needs_calibration
+    if config.calibration is not None and not needs_calibration:
         raise EdgefoldError(f"--calibration is not used by method {config.method} here: it serves svd-whitened, "
-                            "svd-fisher, ae, --frequency and --allocation sensitivity")
+                            "svd-fisher, ae, --frequency, --allocation sensitivity and --quant-algorithm gptq")
     if streamed:
         if sparsity is not None:
             raise EdgefoldError("a streamed run cannot find a sub-network: pruning trains the whole model")
@@ -96,7 +99,7 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     check_output_dir(output_dir, source.path, overwrite)
     if sparsity is not None and sparsity.labels is not None:
         check_labels(source.config, source.task, list(sparsity.labels))
-    if calibration is None and config.needs_calibration:
+    if calibration is None and needs_calibration:
         calibration = Calibration.load(config.calibration)
 
     step("load", f"loading {source.name} ({source.config.model_type}, {source.task})")
@@ -133,7 +136,8 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
         fp32_outputs = onnx_outputs(onnx_path, batches)
         parity = _check_parity(fp32_outputs, compressed, batches, parity_atol)
 
-        inputs = GraphInputs(batches, fp32_outputs, reference, source.task, parity_atol)
+        inputs = GraphInputs(batches, fp32_outputs, reference, source.task, parity_atol,
+                             _quantization_text(graph, calibration, tokenizer, network))
         done: dict[str, dict] = {}
         if graph.optimize != "none":
             step("optimize", f"optimising the graph ({graph.optimize}: fusions kept where measured faster)")
@@ -162,6 +166,14 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
     if subnetwork is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # the levels are in the folder now
     return manifest
+
+
+def _quantization_text(graph: GraphConfig, calibration: Calibration | None, tokenizer,
+                       network: nn.Module) -> list[TextBatch] | None:
+    """What GPTQ fits on: the fit split of the calibration text, at most GPTQ_TEXTS items."""
+    if not graph.needs_calibration:
+        return None
+    return tokenize(tokenizer, calibration.fit_texts[:GPTQ_TEXTS], max_length=max_text_length(network))
 
 
 def _checkpoints_folder(output_dir: Path) -> Path:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field, replace
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.graph.mobile import check_formats
 from edgefold.exporter.graph.optimize import check_mode
-from edgefold.exporter.graph.quantize import INT4_BLOCK_SIZE, PRECISIONS, QUANTISED_PARAM_BYTES, check_scheme
+from edgefold.exporter.graph.quantize import (
+    INT4_BLOCK_SIZE,
+    INT4_BLOCKS,
+    PRECISIONS,
+    QUANTISED_PARAM_BYTES,
+    check_algorithm,
+    check_scheme,
+)
 from edgefold.runtime import EdgefoldError
 
 
@@ -22,8 +29,9 @@ class GraphConfig:
     ``quantize``: none, int8 (dynamic, ``per_channel`` optional, weights typed for ``target``) or int4 (weight-only
     MatMulNBits, blocks of 32). ``precisions``: instead of one scheme, a precision per module name (fp32, int8,
     int4-32, int4-128: 4-bit blocks of 32 or 128 computed in int8, ``accuracy_level`` 4), as a plan gives them;
-    they name the unoptimised graph's nodes, so only with ``optimize="none"``. ``formats``: "onnx", plus "ort"
-    for onnxruntime's mobile format.
+    they name the unoptimised graph's nodes, so only with ``optimize="none"``. ``algorithm``: how 4-bit weights
+    are chosen: "rtn" (onnxruntime's round to nearest) or "gptq" (error feedback fitted on calibration text,
+    ``graph.gptq``). ``formats``: "onnx", plus "ort" for onnxruntime's mobile format.
     """
 
     optimize: str = "auto"
@@ -32,11 +40,17 @@ class GraphConfig:
     target: str = "generic"
     formats: tuple[str, ...] = ("onnx",)
     precisions: Mapping[str, str] = field(default_factory=dict)
+    algorithm: str = "rtn"
 
     def __post_init__(self) -> None:
         check_mode(self.optimize)
         self._check_precisions()
         check_scheme(self.quantize, self.target)
+        check_algorithm(self.algorithm)
+        if self.needs_calibration and self.quantize != "int4" \
+                and not any(p in INT4_BLOCKS for p in self.precisions.values()):
+            raise EdgefoldError("--quant-algorithm gptq fits 4-bit weights: use it with --quantize int4, or a plan "
+                                "with int4 modules")
         check_formats(self.formats)
         if self.target != "generic" and self.quantize != "int8":
             raise EdgefoldError(f"--quantize-for {self.target} sets int8 weight types: use it with --quantize int8")
@@ -52,6 +66,11 @@ class GraphConfig:
         if self.precisions and (self.quantize != "none" or self.optimize != "none"):
             raise EdgefoldError("per-module precisions (a plan) replace --quantize, and name the nodes of the "
                                 "unoptimised graph: not with --quantize or --optimize")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """GPTQ fits the weights on the activations of calibration text."""
+        return self.algorithm == "gptq"
 
     @property
     def quantizes(self) -> bool:

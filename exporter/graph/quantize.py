@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgefold.exporter.calibration.batches import TextBatch
+from edgefold.exporter.graph import gptq, nbits
 from edgefold.exporter.onnx import passes
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.optable import PRECISIONS
@@ -81,26 +83,37 @@ def _import_without_logging_config() -> None:
         root.removeHandler(handler)
 
 
-def quantize(source: Path, output: Path, scheme: str, per_channel: bool = False, target: str = "generic") -> dict:
-    """Write ``source`` quantised with ``scheme`` for the ``target`` CPU to ``output``; returns what was done."""
+def quantize(source: Path, output: Path, scheme: str, per_channel: bool = False, target: str = "generic",
+             algorithm: str = "rtn", calibration: list[TextBatch] | None = None) -> dict:
+    """Write ``source`` quantised with ``scheme`` for the ``target`` CPU to ``output``; returns what was done.
+    ``algorithm`` "gptq" fits int4's MatMul weights on ``calibration`` (see :func:`quantize_modules`)."""
+    check_algorithm(algorithm, calibration if algorithm == "gptq" else None)
     with _quiet_loggers():
-        details = _quantize(source, output, scheme, per_channel, target)
+        details = _quantize(source, output, scheme, per_channel, target, algorithm, calibration)
     quantized_ops = _quantized_ops(onnx.load(str(output), load_external_data=False).graph)
     if not quantized_ops:
         raise EdgefoldError(f"--quantize {scheme} found nothing to quantise in this graph")
     return {"scheme": scheme, **details, "quantized_ops": quantized_ops}
 
 
-def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target: str) -> dict:
+def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target: str, algorithm: str,
+              calibration: list[TextBatch] | None) -> dict:
     if scheme == "int8":
         _int8(source, output, INT8_OPS, per_channel, target)
         return {"weights": _int8_weights(target), "activations": "uint8, dynamic", "per_channel": per_channel,
                 "target": target}
     elif scheme == "int4":
-        model = _int4(str(source), INT4_BLOCK_SIZE, ("MatMul", "Gather"), exclude=_not_float_tables(source))
+        model, fitted = onnx.load(str(source)), set()
+        if algorithm == "gptq":
+            tables = _float_matrices(model.graph)
+            chosen = {node.name: "int4-32" for node in model.graph.node
+                      if node.op_type == "MatMul" and node.input[1] in tables and tables[node.input[1]][0] == node.input[1]}
+            fitted = _gptq_pass(model, chosen, calibration, output, accuracy_level=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            model = _int4(model, INT4_BLOCK_SIZE, ("MatMul", "Gather"), exclude=_not_float_tables(source))
         model.save_model_to_file(str(output), use_external_data_format=passes.uses_external_data(source))
         return {"weights": f"int4 symmetric, blocks of {INT4_BLOCK_SIZE}", "activations": "fp32",
-                "per_channel": False}
+                "per_channel": False, "algorithm": algorithm, **_gptq_record(fitted, calibration)}
     raise EdgefoldError(f"nothing to do for --quantize {scheme}")
 
 
@@ -155,10 +168,23 @@ def weight_nodes(graph: onnx.GraphProto, modules: Iterable[str]) -> dict[str, li
     return {module: [name for name in carriers if _in_scope(name, module)] for module in modules}
 
 
-def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], target: str = "generic") -> dict:
+def check_algorithm(algorithm: str, calibration: list[TextBatch] | None = None) -> str:
+    if algorithm not in gptq.ALGORITHMS:
+        raise EdgefoldError(f"unknown --quant-algorithm {algorithm!r}; choose from: {', '.join(gptq.ALGORITHMS)}")
+    if algorithm == "gptq" and calibration is not None and not calibration:
+        raise EdgefoldError("--quant-algorithm gptq fits on calibration text, and none was given")
+    return algorithm
+
+
+def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], target: str = "generic",
+                     algorithm: str = "rtn", calibration: list[TextBatch] | None = None) -> dict:
     """Write ``source`` to ``output`` with each module's weight nodes at its precision (modules not named stay fp32;
-    where named modules nest, the innermost decides); returns what was done, JSON-ready."""
+    where named modules nest, the innermost decides); returns what was done, JSON-ready.
+
+    ``algorithm`` "gptq" fits the 4-bit MatMul weights by error feedback on ``calibration`` (tokenised text, not
+    the text the export is checked on) instead of rounding them (see ``graph.gptq``); embedding tables round."""
     check_scheme("int8", target)
+    check_algorithm(algorithm, calibration if algorithm == "gptq" else None)
     unknown = [f"{module!r}: {precision!r}" for module, precision in precisions.items() if precision not in PRECISIONS]
     if unknown:
         raise EdgefoldError(f"unknown precision for module {unknown[0]}; choose from: {', '.join(PRECISIONS)}")
@@ -167,16 +193,17 @@ def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], 
     before, split = _weight_bytes(model.graph), _split_weights(model.graph, chosen)
     _read_initializers(model.graph, chosen)
     _unshare(model.graph, chosen)
+    fitted = _gptq_pass(model, chosen, calibration, output) if algorithm == "gptq" else set()
     # np.errstate: the 4-bit quantiser divides all-zero blocks (a padding row) by their zero scale, then discards it
     with _quiet_loggers(), np.errstate(divide="ignore", invalid="ignore"):
-        model = _int4_passes(model, chosen)
+        model = _int4_passes(model, {node: p for node, p in chosen.items() if node not in fitted})
         _int8_pass(model, output, chosen, target)
     used = [p for p in PRECISIONS if p in precisions.values()]
     result = onnx.load(str(output)).graph
     return {"scheme": "mixed", "modules": {p: sum(v == p for v in precisions.values()) for p in used},
             "nodes": {p: sum(v == p for v in chosen.values()) for p in used if p != "fp32"},
             "quantized_ops": _quantized_ops(result), "weights": {p: _describe(p, target) for p in used},
-            "target": target, "split_weights": split,
+            "target": target, "split_weights": split, "algorithm": algorithm, **_gptq_record(fitted, calibration),
             "weight_bytes": {"before": before, "after": _weight_bytes(result)}}
 
 
@@ -340,6 +367,38 @@ def _unshare(graph: onnx.GraphProto, chosen: Mapping[str, str]) -> None:
             initializers[copy].name = copy
             graph.initializer.append(initializers[copy])
         node.input[index] = copy
+
+
+def _gptq_record(fitted: set[str], calibration: list[TextBatch] | None) -> dict:
+    if not fitted:
+        return {}
+    return {"gptq": {"matmuls": len(fitted), "act_order": True, "damping": gptq.DAMPING,
+                     "calibration_tokens": sum(int(b.attention_mask.sum()) for b in calibration)}}
+
+
+def _gptq_pass(model: onnx.ModelProto, chosen: Mapping[str, str], calibration: list[TextBatch],
+               output: Path, accuracy_level: int = MIXED_ACCURACY_LEVEL) -> set[str]:
+    """The 4-bit MatMuls of ``chosen`` become GPTQ-fitted MatMulNBits; returns their names. Their inputs are
+    measured on the graph as it is, staged next to ``output``."""
+    nodes = [node for node in model.graph.node if node.op_type == "MatMul" and chosen.get(node.name) in INT4_BLOCKS]
+    if not nodes:
+        return set()
+    moments = nbits.input_moments(model, [node.input[0] for node in nodes], calibration,
+                                  output.with_name(f".{output.stem}.moments.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        readers.setdefault(node.input[1], []).append(node)
+    for weight, group in readers.items():  # a weight several MatMuls read is fitted once, to all their inputs
+        hessian = sum(moments[node.input[0]] for node in group) / len(group)
+        codes = gptq.quantize_weight(numpy_helper.to_array(initializers[weight]), 4,
+                                     INT4_BLOCKS[chosen[group[0].name]], hessian, act_order=True)
+        nbits.replace_matmuls(model.graph, group, codes, accuracy_level)
+    read = _read_names(model.graph)
+    for initializer in [i for i in model.graph.initializer if i.name not in read]:
+        model.graph.initializer.remove(initializer)
+    nbits.ensure_microsoft_opset(model)
+    return {node.name for node in nodes}
 
 
 def _int4_passes(model: onnx.ModelProto, chosen: Mapping[str, str]) -> onnx.ModelProto:

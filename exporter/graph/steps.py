@@ -30,6 +30,7 @@ class GraphInputs:
     reference: list[np.ndarray]
     task: str
     parity_atol: float
+    calibration: list[TextBatch] | None = None  # what data-aware quantisation fits on (never ``batches``)
 
 
 def quantize_graph(onnx_path: Path, graph: GraphConfig, inputs: GraphInputs) -> dict:
@@ -37,9 +38,11 @@ def quantize_graph(onnx_path: Path, graph: GraphConfig, inputs: GraphInputs) -> 
     unquantized = onnx_path.with_name(".fp32.onnx")
     passes.settle(onnx_path, unquantized)  # its weights, if external, move with it
     if graph.precisions:
-        quantization = quantize_modules(unquantized, onnx_path, graph.precisions, graph.target)
+        quantization = quantize_modules(unquantized, onnx_path, graph.precisions, graph.target, graph.algorithm,
+                                        inputs.calibration)
     else:
-        quantization = quantize(unquantized, onnx_path, graph.quantize, graph.per_channel, graph.target)
+        quantization = quantize(unquantized, onnx_path, graph.quantize, graph.per_channel, graph.target,
+                                graph.algorithm, inputs.calibration)
     passes.remove(unquantized)
     passes.settle(onnx_path, onnx_path)  # the quantiser's external data, if any, under the usual name
     quantized = onnx_outputs(onnx_path, inputs.batches)
