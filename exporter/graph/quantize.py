@@ -103,8 +103,9 @@ def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target
         return {"weights": _int8_weights(target), "activations": "uint8, dynamic", "per_channel": per_channel,
                 "target": target}
     elif scheme == "int4":
-        model, fitted = onnx.load(str(source)), set()
+        model, fitted = str(source), set()  # a path: onnxruntime's quantiser reads external data itself
         if algorithm == "gptq":
+            model = onnx.load(model)
             tables = _float_matrices(model.graph)
             chosen = {node.name: "int4-32" for node in model.graph.node
                       if node.op_type == "MatMul" and node.input[1] in tables and tables[node.input[1]][0] == node.input[1]}
