@@ -28,6 +28,9 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 #: Python docstrings (a development split) kept a 1st-percentile cosine of 0.936 at 0.01, 0.955 at 0.1 and 0.963
 #: at 0.3 (RTN: 0.941); see benchmarks/lowbit.py.
 DAMPING = 0.3
+#: What the graph passes use. Act-order lost less on synthetic layers; on MiniLM's docstrings at damping 0.1 the
+#: natural order kept a higher 1st-percentile cosine (0.961 against 0.955); not yet compared at 0.3.
+ACT_ORDER = True
 #: Columns updated together before the rest of the matrix gets their error (GPTQ's lazy batch updates).
 _LAZY_COLUMNS = 128
 

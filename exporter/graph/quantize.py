@@ -87,7 +87,7 @@ def quantize(source: Path, output: Path, scheme: str, per_channel: bool = False,
              algorithm: str = "rtn", calibration: list[TextBatch] | None = None) -> dict:
     """Write ``source`` quantised with ``scheme`` for the ``target`` CPU to ``output``; returns what was done.
     ``algorithm`` "gptq" fits int4's MatMul weights on ``calibration`` (see :func:`quantize_modules`)."""
-    check_algorithm(algorithm, calibration if algorithm == "gptq" else None)
+    check_algorithm(algorithm, calibration)
     with _quiet_loggers():
         details = _quantize(source, output, scheme, per_channel, target, algorithm, calibration)
     quantized_ops = _quantized_ops(onnx.load(str(output), load_external_data=False).graph)
@@ -106,9 +106,9 @@ def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target
         model, fitted = str(source), set()  # a path: onnxruntime's quantiser reads external data itself
         if algorithm == "gptq":
             model = onnx.load(model)
-            tables = _float_matrices(model.graph)
+            weights = {name for name, (source, _) in _float_matrices(model.graph).items() if source == name}
             chosen = {node.name: "int4-32" for node in model.graph.node
-                      if node.op_type == "MatMul" and node.input[1] in tables and tables[node.input[1]][0] == node.input[1]}
+                      if node.op_type == "MatMul" and node.input[1] in weights}  # views stay with RTN
             fitted = _gptq_pass(model, chosen, calibration, output, accuracy_level=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             model = _int4(model, INT4_BLOCK_SIZE, ("MatMul", "Gather"), exclude=_not_float_tables(source))
@@ -185,7 +185,7 @@ def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], 
     ``algorithm`` "gptq" fits the 4-bit MatMul weights by error feedback on ``calibration`` (tokenised text, not
     the text the export is checked on) instead of rounding them (see ``graph.gptq``); embedding tables round."""
     check_scheme("int8", target)
-    check_algorithm(algorithm, calibration if algorithm == "gptq" else None)
+    check_algorithm(algorithm, calibration)
     unknown = [f"{module!r}: {precision!r}" for module, precision in precisions.items() if precision not in PRECISIONS]
     if unknown:
         raise EdgefoldError(f"unknown precision for module {unknown[0]}; choose from: {', '.join(PRECISIONS)}")
@@ -373,7 +373,7 @@ def _unshare(graph: onnx.GraphProto, chosen: Mapping[str, str]) -> None:
 def _gptq_record(fitted: set[str], calibration: list[TextBatch] | None) -> dict:
     if not fitted:
         return {}
-    return {"gptq": {"matmuls": len(fitted), "act_order": True, "damping": gptq.DAMPING,
+    return {"gptq": {"matmuls": len(fitted), "act_order": gptq.ACT_ORDER, "damping": gptq.DAMPING,
                      "calibration_tokens": sum(int(b.attention_mask.sum()) for b in calibration)}}
 
 
@@ -393,7 +393,7 @@ def _gptq_pass(model: onnx.ModelProto, chosen: Mapping[str, str], calibration: l
     for weight, group in readers.items():  # a weight several MatMuls read is fitted once, to all their inputs
         hessian = sum(moments[node.input[0]] for node in group) / len(group)
         codes = gptq.quantize_weight(numpy_helper.to_array(initializers[weight]), 4,
-                                     INT4_BLOCKS[chosen[group[0].name]], hessian, act_order=True)
+                                     INT4_BLOCKS[chosen[group[0].name]], hessian, act_order=gptq.ACT_ORDER)
         nbits.replace_matmuls(model.graph, group, codes, accuracy_level)
     read = _read_names(model.graph)
     for initializer in [i for i in model.graph.initializer if i.name not in read]:
