@@ -56,11 +56,22 @@ upgrade() {  # a chroot cached by an older version of this script: apt-get what 
     echo "arm64 chroot: upgraded in $((SECONDS - start)) s"
 }
 
+remove_tree() {  # DIR: unmount whatever is mounted under DIR, deepest first, then delete DIR
+    # A build killed mid-way leaves debootstrap's /proc and /sys (or our /proc and /dev) mounted inside: removing
+    # through them fails, or worse, deletes the host's /dev. --one-file-system is the second guard.
+    [ -e "$1" ] || return 0
+    local dir m
+    dir=$(realpath "$1")
+    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r |
+        while IFS= read -r m; do umount -R "$m" 2>/dev/null || umount -l "$m"; done
+    rm -rf --one-file-system "$dir"
+}
+
 build() {
     ready && { echo "arm64 chroot: cached at $ROOT"; return; }
     [ -f "$ROOT/.edgefold-ready" ] && { upgrade && return; echo "arm64 chroot: upgrade failed, rebuilding"; }
     local start=$SECONDS staging="$ROOT.staging"
-    rm -rf "$staging"; mkdir -p "$(dirname "$ROOT")"
+    remove_tree "$staging"; mkdir -p "$(dirname "$ROOT")"
     echo "arm64 chroot: debootstrap bookworm into $staging (first stage)"
     # python3-venv and openssh-server come in the first stage: a separate apt-get update and install, emulated,
     # costs minutes (debootstrap's own policy-rc.d keeps the postinst from starting sshd).
@@ -76,7 +87,7 @@ build() {
     with_mounts "$staging" 'python3 -m venv /tmp/probe && /tmp/probe/bin/pip --version && rm -rf /tmp/probe' \
         >>"$staging.log" 2>&1 || { tail -20 "$staging.log"; echo "arm64 chroot: python3 -m venv does not work"; exit 1; }
     echo "$VERSION" > "$staging/.edgefold-ready"
-    rm -rf "$ROOT"; mv "$staging" "$ROOT"; mv "$staging.log" "$ROOT.log"
+    remove_tree "$ROOT"; mv "$staging" "$ROOT"; mv "$staging.log" "$ROOT.log"
     echo "arm64 chroot: built in $((SECONDS - start)) s"
 }
 
