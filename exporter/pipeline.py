@@ -130,14 +130,10 @@ def export(model: str | Path, output_dir: str | Path, config: CompressionConfig 
 
     with staged_folder(output_dir) as staging:
         step("export", "exporting to ONNX")
-        onnx_path, shared, relaid = _write_graph(network, source.task, staging, tokenizer, records, reuse)
+        onnx_path, shared = _write_graph(network, source.task, staging, tokenizer, records, reuse)
 
         step("parity", "checking parity of ONNX against torch")
         fp32_outputs = onnx_outputs(onnx_path, batches)
-        if relaid and not max_abs_difference(fp32_outputs, compressed, batches) <= parity_atol:
-            # another network's graph with these weights written in does not compute this one: export it anew
-            onnx_path, shared, _ = _write_graph(network, source.task, staging, tokenizer, records)
-            fp32_outputs = onnx_outputs(onnx_path, batches)
         parity = _check_parity(fp32_outputs, compressed, batches, parity_atol)
 
         inputs = GraphInputs(batches, fp32_outputs, reference, source.task, parity_atol,
@@ -193,31 +189,22 @@ def _fingerprint(source: SourceModel, sparsity: SparsityConfig) -> str:
 
 
 def _write_graph(network: nn.Module, task: str, folder: Path, tokenizer, records,
-                 reuse: ExportedGraphs | None = None) -> tuple[Path, int, bool]:
-    """Export, store shared weights once, refuse dense copies; returns the graph's path, the weights shared and
-    whether the graph is another network's of the same layout with these weights written in (for the parity
-    check to confirm). With ``reuse``, a network it already holds is copied from there, not exported again, and
-    the exporter's graph of a network of the same layout is reused."""
+                 reuse: ExportedGraphs | None = None) -> tuple[Path, int]:
+    """Export, store shared weights once, refuse dense copies; returns the graph's path and the weights shared.
+    With ``reuse``, a network it already holds is copied from there, not exported again."""
     key = reuse.key(network, task, tokenizer) if reuse is not None else None
     if key is not None and (shared := reuse.restore(key, folder)) is not None:
-        return folder / "model.onnx", shared, False
-    layout = reuse.layout_key(network, task, tokenizer) if reuse is not None else None
-    relaid = layout is not None and reuse.restore_layout(layout, network, folder)
-    if relaid:
-        onnx_path = folder / "model.onnx"
-    else:
-        onnx_path = export_onnx(network, task, folder, tokenizer)
-        if layout is not None:
-            reuse.keep_layout(layout, network, folder)
+        return folder / "model.onnx", shared
+    onnx_path = export_onnx(network, task, folder, tokenizer)
     graph = onnx.load(str(onnx_path))
     decoding.store_decoded_weights(graph, network)  # storage-compressed weights: decoded when the session starts
     shared = passes.store_shared_weights_once(graph)
     passes.check_no_dense_copies(graph, {r.shape for r in records if r.status == "factorised"},
                                  [tuple(t.shape) for t in _tensors(network)])
     passes.save(graph, onnx_path)
-    if key is not None and not relaid:  # a relaid graph is kept as this network's once parity holds: not here
+    if key is not None:
         reuse.keep(key, folder, shared)
-    return onnx_path, shared, relaid
+    return onnx_path, shared
 
 
 def with_tied_heads(network: nn.Module, precisions: Mapping[str, str]) -> dict[str, str]:

@@ -6,12 +6,6 @@ export is the slow step (about 30 s for MiniLM, 10 s for a tiny model) and it is
 exported before is copied from where it was kept instead of exported again. Every export still checks the copy
 against the torch model (parity), so a kept graph that is wrong fails loudly.
 
-A network of the same layout (modules, config, tensor names, shapes and ties) whose weights differ (another
-method at the same ranks, a bias correction, a sub-network's masks) reuses the exporter's graph too: each
-initializer is recorded as the network tensor it holds (as is, or transposed), and the new network's tensors are
-written in. A graph with an initializer that is neither a tensor of the network nor a constant of its layout (a
-product the exporter folded) is never reused this way.
-
 ``EDGEFOLD_GRAPH_CACHE=FOLDER`` keeps every graph exported in ``FOLDER`` for every process and later run (the test
 suite shares one); nothing is written outside the output folder unless it is set.
 """
@@ -22,7 +16,6 @@ import atexit
 import functools
 import hashlib
 import importlib.metadata
-import json
 import os
 import shutil
 import sys
@@ -30,10 +23,7 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from edgefold.exporter.onnx import passes
@@ -62,65 +52,35 @@ class ExportedGraphs:
 
     @staticmethod
     def key(network: nn.Module, task: str, tokenizer) -> str:
-        """Names the graph of exactly this network: its layout and every tensor's bytes."""
-        return _digest(network, task, tokenizer, with_values=True)
-
-    @staticmethod
-    def layout_key(network: nn.Module, task: str, tokenizer) -> str:
-        """Names the graph of every network of this layout, whatever its weights."""
-        return "layout-" + _digest(network, task, tokenizer, with_values=False)
+        digest = hashlib.sha256()
+        described = [_exporter_code(type(network)), f"external data from {passes.EXTERNAL_DATA_THRESHOLD}", task,
+                     type(network).__qualname__, repr(network), network.config.to_json_string(),
+                     getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
+        digest.update("\n".join(described).encode())
+        for name, tensor in network.state_dict().items():
+            digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(_raw_bytes(tensor))
+        return digest.hexdigest()
 
     def restore(self, key: str, folder: Path) -> int | None:
         """Copy the graph kept under ``key`` into ``folder``; its count of shared weights, or None if none is kept."""
-        shared = self._copy_out(key, folder, "shared")
-        return None if shared is None else int(shared)
-
-    def keep(self, key: str, folder: Path, shared: int) -> None:
-        """Keep a copy of the freshly exported ``folder`` (flat: graph, weights, config, tokenizer)."""
-        self._copy_in(key, folder, "shared", str(shared))
-
-    def restore_layout(self, key: str, network: nn.Module, folder: Path) -> bool:
-        """Write into ``folder`` what the exporter wrote for a network of this layout, with ``network``'s weights;
-        False if none is kept."""
-        sources = self._copy_out(key, folder, "sources.json")
-        if sources is None:
-            return False
-        tensors = _named_tensors(network)
-        graph_path = folder / "model.onnx"
-        graph = onnx.load(str(graph_path))
-        for init in graph.graph.initializer:
-            if init.name in sources:
-                name, transposed = sources[init.name]
-                array = tensors[name].detach().cpu().numpy()
-                array = (array.T if transposed else array).reshape(tuple(init.dims))
-                init.CopyFrom(numpy_helper.from_array(array.astype(_numpy_type(init)), init.name))
-        passes.save(graph, graph_path)
-        return True
-
-    def keep_layout(self, key: str, network: nn.Module, folder: Path) -> None:
-        """Keep what the exporter just wrote into ``folder`` for every network of this layout, where each of its
-        weights can be traced to one tensor of ``network``."""
-        sources = weight_sources(onnx.load(str(folder / "model.onnx")), network)
-        if sources is not None:
-            self._copy_in(key, folder, "sources.json", json.dumps(sources))
-
-    def _copy_out(self, key: str, folder: Path, marker: str):
-        """The entry's marker (parsed where it is JSON) after copying its files into ``folder``; None if absent."""
-        entry = self._folder / key if self._folder is not None else None
-        if entry is None or not (entry / marker).is_file():
+        if self._folder is None:  # nothing kept yet
+            return None
+        entry = self._folder / key
+        if not (entry / "shared").is_file():
             return None
         if key in self._recent:
             self._recent.move_to_end(key)
         for path in (entry / "files").iterdir():
             shutil.copy2(path, folder / path.name)
-        text = (entry / marker).read_text()
-        return json.loads(text) if marker.endswith(".json") else text
+        return int((entry / "shared").read_text())
 
-    def _copy_in(self, key: str, folder: Path, marker: str, text: str) -> None:
+    def keep(self, key: str, folder: Path, shared: int) -> None:
+        """Keep a copy of the freshly exported ``folder`` (flat: graph, weights, config, tokenizer)."""
         root = self._root()
         aside = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=root))
         shutil.copytree(folder, aside / "files")
-        (aside / marker).write_text(text)
+        (aside / "shared").write_text(str(shared))
         try:
             os.rename(aside, root / key)
         except OSError:  # another process kept the same graph first
@@ -147,74 +107,6 @@ def graph_cache() -> ExportedGraphs | None:
     if Path(folder).exists() and not Path(folder).is_dir():
         raise EdgefoldError(f"{CACHE_VARIABLE} names {folder}, which is not a folder")
     return ExportedGraphs(Path(folder))
-
-
-def weight_sources(graph: onnx.ModelProto, network: nn.Module) -> dict[str, tuple[str, bool]] | None:
-    """Each float initializer of more than one value, as the network tensor it holds: ``{initializer: (tensor,
-    transposed)}``; None where one is not exactly one tensor (or tied copies of one), as is or transposed."""
-    tensors = _named_tensors(network)
-    if any(t.dtype not in _PORTABLE for t in tensors.values()):
-        return None
-    arrays = {name: t.detach().cpu().numpy() for name, t in tensors.items()}
-    sources: dict[str, tuple[str, bool]] = {}
-    for init in graph.graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.dtype.kind != "f" or array.size <= 1:
-            continue  # shapes, indices and scalars: the layout's constants
-        found = _source_of(array, init.name, arrays)
-        if found is None:
-            return None
-        sources[init.name] = found
-    return sources
-
-
-def _source_of(array: np.ndarray, name: str, arrays: dict[str, np.ndarray]) -> tuple[str, bool] | None:
-    named = arrays.get(name)
-    if named is not None and named.size == array.size and np.array_equal(named.reshape(array.shape), array):
-        return name, False
-    matches = [(other, transposed) for other, value in arrays.items() for transposed in (False, True)
-               if value.size == array.size and _equal(value.T if transposed else value, array)]
-    storages = {_storage(arrays[other]) for other, _ in matches}
-    return matches[0] if len(storages) == 1 else None  # none, or ambiguous: not reusable
-
-
-def _equal(value: np.ndarray, array: np.ndarray) -> bool:
-    return value.shape == array.shape and np.array_equal(value, array)
-
-
-def _storage(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
-
-
-#: Tensor types whose values numpy writes into an initializer as they are.
-_PORTABLE = (torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.int8, torch.uint8,
-             torch.bool)
-
-
-def _numpy_type(init: onnx.TensorProto) -> np.dtype:
-    return onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-
-
-def _named_tensors(network: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(network.named_parameters(remove_duplicate=False)),
-            **dict(network.named_buffers(remove_duplicate=False))}
-
-
-def _digest(network: nn.Module, task: str, tokenizer, with_values: bool) -> str:
-    """What the export reads: the exporting code, the task, the network's modules and config, the tokenizer, and
-    every tensor's name, type, shape and tie (and, ``with_values``, its bytes)."""
-    digest = hashlib.sha256()
-    described = [_exporter_code(type(network)), f"external data from {passes.EXTERNAL_DATA_THRESHOLD}", task,
-                 type(network).__qualname__, repr(network), network.config.to_json_string(),
-                 getattr(tokenizer, "name_or_path", ""), str(len(tokenizer))]
-    digest.update("\n".join(described).encode())
-    first_of_storage: dict[int, str] = {}
-    for name, tensor in _named_tensors(network).items():
-        tied = first_of_storage.setdefault(tensor.data_ptr(), name)
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)} {tied}".encode())
-        if with_values:
-            digest.update(_raw_bytes(tensor))
-    return digest.hexdigest()
 
 
 def _process_folder() -> Path:
