@@ -42,6 +42,13 @@ def non_negative(text: str) -> float:
     return value
 
 
+def confidence(text: str) -> float:
+    value = _number(text)
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a confidence is a level from 0.5 up to (not including) 1, got {text}")
+    return value
+
+
 def whole(minimum: int):
     """A whole number of at least ``minimum``."""
 

@@ -35,6 +35,10 @@ def add_parser(commands) -> None:
                                "file, else per-task defaults)")
     validate.add_argument("--gates", metavar="FILE", help='JSON {"gates": [...]} (default: edgefold-gates.json '
                                                           "in the candidate folder, if present)")
+    validate.add_argument("--confidence", type=flags.confidence, metavar="LEVEL",
+                          help="a gate passes only where its one-sided bootstrap bound at LEVEL (e.g. 0.95) clears "
+                               "it too, not only its value on this text (default: the value decides; every gate's "
+                               "95%% bound is reported either way)")
     validate.add_argument("-o", "--output", type=Path, help="JSON report (default: validate-<candidate>.json); with "
                                                             "--on, the folder for validate-<candidate>@<device>.json")
     validate.add_argument("--overwrite", action="store_true", help="replace the JSON report if edgefold wrote it")
@@ -44,7 +48,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgefold.runtime.validate import SCHEMA, failures, validate
+    from edgefold.runtime.validate import SCHEMA, failures, gate_line, validate
 
     devices.check(args)
     if args.on:
@@ -53,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
     check_json_output(output, SCHEMA, args.overwrite)
     data = _checked_data(args)
     with _reference_folder(args.reference) as reference:
-        report = validate(args.candidate, reference, data, args.gate, args.gates, verify=not args.no_verify)
+        report = validate(args.candidate, reference, data, args.gate, args.gates, verify=not args.no_verify,
+                          confidence=args.confidence)
     write_json(output, report)
     print(f"{report['candidate']['name']} against {report['reference']['name']} ({report['task']}) on "
           f"{data.source}, {len(data.texts)} items")
     for name, value in report["metrics"].items():
         print(f"  {name:24} {value:.4f}" if isinstance(value, float) else f"  {name:24} {value}")
+    for gate in report["gates"]:
+        print(f"  gate {gate_line(gate)}")
     print(f"wrote {output}")
     if report["passed"]:
         print(f"PASS: {report['candidate']['name']} may ship ({len(report['gates'])} gate(s) met)")
@@ -103,7 +110,7 @@ def _checked_data(args: argparse.Namespace):
     return data
 
 
-_FORWARDED = ("limit", "text_column", "label_column", "query_column", "positive_column", "gate")
+_FORWARDED = ("limit", "text_column", "label_column", "query_column", "positive_column", "gate", "confidence")
 
 
 @contextlib.contextmanager

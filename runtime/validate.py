@@ -15,8 +15,10 @@ from .errors import EdgefoldError
 from .folder import ExportedFolder
 from .jsonfile import read_json
 from .metrics import (
+    TAIL,
+    bootstrap,
     mean_pool,
-    neighbour_agreement,
+    neighbour_agreements,
     row_cosines,
     spearman_of_similarities,
 )
@@ -37,9 +39,12 @@ _NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _GATE = re.compile(rf"\s*([a-z0-9_@]+)\s*(>=|<=)\s*({_NUMBER})\s*", re.ASCII)
 _OPS = {">=": operator.ge, "<=": operator.le}
 _BATCH = 32
+#: The one-sided level of the bound every gate reports (and must clear with ``confidence``, at that level).
+BOUND_LEVEL = 0.95
 # every metric a task can report, and what the data needs for it (None: nothing)
 _METRICS_BY_TASK = {
-    "feature-extraction": [(("mean_cosine", "min_cosine"), None), (("top10_agreement", "spearman"), "items"),
+    "feature-extraction": [(("mean_cosine", "p01_cosine", "min_cosine"), None),
+                           (("top10_agreement", "spearman"), "items"),
                            (("recall_at_1_reference", "mrr_reference", "recall_at_1_candidate", "mrr_candidate",
                              "recall_at_1_drop"), "pairs")],
     "text-classification": [(("label_agreement",), None),
@@ -51,6 +56,8 @@ _METRICS_BY_TASK = {
 _NEEDS = {"items": "at least 3 items", "labels": "a label column", "pairs": "query and positive columns"}
 
 Gate = tuple[str, str, float]
+#: Per metric, the per-item values it is a statistic of, and which statistic (a name in metrics.STATISTICS).
+Samples = dict[str, tuple[np.ndarray, str]]
 
 
 def parse_gate(text: str) -> Gate:
@@ -119,12 +126,18 @@ def check_gates(task: str, data: EvalData, gates: list[str]) -> list[Gate]:
 
 
 def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates: list[str] | None = None,
-             gate_file: str | Path | None = None, verify: bool = True) -> dict:
+             gate_file: str | Path | None = None, verify: bool = True, confidence: float | None = None) -> dict:
     """Run both models on ``data``; the report says which gates fail (``passed`` False if any).
 
     A metric that is undefined on this data or non-finite (a broken model's NaN outputs) is reported as None
     and fails any gate on it. ``verify``: both folders checked against their manifests first.
+
+    Each gate on a per-item metric (cosines, neighbour agreement, recall@1, labels) reports a bootstrap bound
+    (one-sided, :data:`BOUND_LEVEL`) and the share of resamples in which it holds: how sure the verdict is of
+    more text like this. With ``confidence`` (e.g. 0.95), a gate passes only where its bound at that level
+    clears the threshold too; a metric of the whole text at once (perplexity, spearman) is gated on its value.
     """
+    check_confidence(confidence)
     cand, ref = ExportedFolder.open(candidate, verify), ExportedFolder.open(reference, verify)
     if cand.task != ref.task:
         raise EdgefoldError(f"the candidate is a {cand.task} model but the reference a {ref.task} model")
@@ -136,19 +149,39 @@ def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates
     for model in models:
         model.open()
     start = time.perf_counter()
-    metrics = {name: _finite(value) for name, value in _METRICS[task](models[1], models[0], data).items()}
-    results = [{"metric": name, "op": op, "threshold": value, "value": metrics.get(name),
-                "passed": metrics.get(name) is not None and bool(_OPS[op](metrics[name], value))}
-               for name, op, value in checks]
+    measured, samples = _METRICS[task](models[1], models[0], data)
+    metrics = {name: _finite(value) for name, value in measured.items()}
+    results = [_gate_result(gate, metrics.get(gate[0]), samples.get(gate[0]), confidence) for gate in checks]
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_context(),
         "candidate": {"path": str(cand.path), "name": cand.name, "bytes": cand.bytes_on_disk()},
         "reference": {"path": str(ref.path), "name": ref.name, "bytes": ref.bytes_on_disk()},
-        "task": task, "data": data.describe(), "metrics": metrics, "gates": results,
+        "task": task, "data": data.describe(), "metrics": metrics, "gates": results, "confidence": confidence,
         "passed": all(r["passed"] for r in results), "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def check_confidence(confidence: float | None) -> None:
+    if confidence is not None and not (isinstance(confidence, float) and 0.5 <= confidence < 1):
+        raise EdgefoldError(f"a confidence is a level from 0.5 up to (not including) 1, e.g. 0.95 (got {confidence!r})")
+
+
+def _gate_result(gate: Gate, value: float | None, sample: tuple[np.ndarray, str] | None,
+                 confidence: float | None) -> dict:
+    name, op, threshold = gate
+    level = confidence or BOUND_LEVEL
+    bound = share = None
+    if value is not None and sample is not None:
+        resampled = bootstrap(*sample)
+        bound = _finite(float(np.quantile(resampled, 1 - level if op == ">=" else level)))
+        share = float(_OPS[op](resampled, threshold).mean())
+    holds = value is not None and bool(_OPS[op](value, threshold))
+    if confidence is not None and sample is not None:
+        holds = holds and bound is not None and bool(_OPS[op](bound, threshold))
+    return {"metric": name, "op": op, "threshold": threshold, "value": value, "bound": bound, "level": level,
+            "confidence": share, "passed": holds}
 
 
 def _finite(value: float | None) -> float | None:
@@ -168,9 +201,31 @@ def _check_labels(cand: ExportedFolder, ref: ExportedFolder, data: EvalData) -> 
 
 
 def failures(report: dict) -> list[str]:
-    return [f"{g['metric']} = {g['value']:.4f}, needs {g['op']} {g['threshold']:g}" if g["value"] is not None
-            else f"{g['metric']} is undefined on this data, needs {g['op']} {g['threshold']:g}"
-            for g in report["gates"] if not g["passed"]]
+    return [_failure(g) for g in report["gates"] if not g["passed"]]
+
+
+def gate_line(gate: dict) -> str:
+    """``mean_cosine>=0.95: 0.9612, 95% bound 0.9580, holds in 100% of resamples: pass``"""
+    line = f"{gate['metric']}{gate['op']}{gate['threshold']:g}: {_number(gate['value'])}"
+    if gate["bound"] is not None:
+        line += (f", {gate['level']:.0%} bound {gate['bound']:.4f}, holds in {gate['confidence']:.0%} of "
+                 "resamples")
+    return f"{line}: {'pass' if gate['passed'] else 'FAIL'}"
+
+
+def _failure(gate: dict) -> str:
+    needs = f"needs {gate['op']} {gate['threshold']:g}"
+    if gate["value"] is None:
+        return f"{gate['metric']} is undefined on this data, {needs}"
+    if _OPS[gate["op"]](gate["value"], gate["threshold"]):  # the value holds; its bound does not
+        return (f"{gate['metric']} = {gate['value']:.4f}, but its {gate['level']:.0%} bound "
+                f"{_number(gate['bound'])} does not clear it ({needs}; it holds in "
+                f"{gate['confidence']:.0%} of resamples)")
+    return f"{gate['metric']} = {gate['value']:.4f}, {needs}"
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 class _Model:
@@ -216,20 +271,27 @@ def _embeddings(model: _Model, texts: list[str]) -> np.ndarray:
     return np.concatenate([mean_pool(out, mask) for out, (_, mask) in zip(outputs, batches)])
 
 
-def _feature_extraction(cand: _Model, ref: _Model, data: EvalData) -> dict:
+def _feature_extraction(cand: _Model, ref: _Model, data: EvalData) -> tuple[dict, Samples]:
     a, b = _embeddings(ref, data.texts), _embeddings(cand, data.texts)
     cosines = row_cosines(a, b)
-    metrics = {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min())}
+    metrics = {"mean_cosine": float(cosines.mean()), "p01_cosine": float(np.quantile(cosines, TAIL)),
+               "min_cosine": float(cosines.min())}
+    samples = {"mean_cosine": (cosines, "mean"), "p01_cosine": (cosines, "p01"), "min_cosine": (cosines, "min")}
     if len(a) >= 3:  # neighbours and a rank correlation need a few items
-        metrics.update(top10_agreement=neighbour_agreement(a, b, 10), spearman=spearman_of_similarities(a, b))
+        agreements = neighbour_agreements(a, b, 10)
+        metrics.update(top10_agreement=float(agreements.mean()), spearman=spearman_of_similarities(a, b))
+        samples["top10_agreement"] = (agreements, "mean")
     if data.pairs:
         queries, positives = (list(side) for side in zip(*data.pairs))
+        hits = {}
         for side, model in (("reference", ref), ("candidate", cand)):
             ranks = _retrieval_ranks(_embeddings(model, queries), _embeddings(model, positives))
-            metrics[f"recall_at_1_{side}"] = float((ranks == 0).mean())
+            hits[side] = (ranks == 0).astype(float)
+            metrics[f"recall_at_1_{side}"] = float(hits[side].mean())
             metrics[f"mrr_{side}"] = float((1 / (ranks + 1)).mean())
         metrics["recall_at_1_drop"] = metrics["recall_at_1_reference"] - metrics["recall_at_1_candidate"]
-    return metrics
+        samples["recall_at_1_drop"] = (hits["reference"] - hits["candidate"], "mean")
+    return metrics, samples
 
 
 def _retrieval_ranks(queries: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -240,19 +302,23 @@ def _retrieval_ranks(queries: np.ndarray, positives: np.ndarray) -> np.ndarray:
     return (scores > np.diag(scores)[:, None]).sum(axis=1)
 
 
-def _classification(cand: _Model, ref: _Model, data: EvalData) -> dict:
+def _classification(cand: _Model, ref: _Model, data: EvalData) -> tuple[dict, Samples]:
     ref_labels = np.concatenate(_outputs(ref, data.texts)[0]).argmax(-1)
     cand_labels = np.concatenate(_outputs(cand, data.texts)[0]).argmax(-1)
-    metrics = {"label_agreement": float((ref_labels == cand_labels).mean())}
+    agree = (ref_labels == cand_labels).astype(float)
+    metrics, samples = {"label_agreement": float(agree.mean())}, {"label_agreement": (agree, "mean")}
     if data.labels:
         names = cand.folder.config.get("id2label") or {}
         truth = np.array(data.labels)
+        right = {}
         for side, predicted in (("reference", ref_labels), ("candidate", cand_labels)):
             predicted = np.array([str(names.get(str(p), p)) for p in predicted])
-            metrics[f"accuracy_{side}"] = float((predicted == truth).mean())
+            right[side] = (predicted == truth).astype(float)
+            metrics[f"accuracy_{side}"] = float(right[side].mean())
             metrics[f"macro_f1_{side}"] = _macro_f1(truth, predicted)
         metrics["accuracy_drop"] = metrics["accuracy_reference"] - metrics["accuracy_candidate"]
-    return metrics
+        samples["accuracy_drop"] = (right["reference"] - right["candidate"], "mean")
+    return metrics, samples
 
 
 def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -265,10 +331,10 @@ def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def _language_model(cand: _Model, ref: _Model, data: EvalData) -> dict:
+def _language_model(cand: _Model, ref: _Model, data: EvalData) -> tuple[dict, Samples]:
     a, b = _finite(_perplexity(ref, data.texts)), _finite(_perplexity(cand, data.texts))
     return {"perplexity_reference": a, "perplexity_candidate": b,
-            "perplexity_ratio": None if a is None or b is None else b / a}
+            "perplexity_ratio": None if a is None or b is None else b / a}, {}
 
 
 def _perplexity(model: _Model, texts: list[str]) -> float | None:

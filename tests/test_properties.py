@@ -157,3 +157,21 @@ def test_every_frequency_trial_stays_within_the_budget(rows, cols, ratio, seen, 
         stored = (exact_row_cost(rows, cols, trial["exact_rows"]) + trial["rank"] * (rows + cols)
                   + fitter.extra_params(rows, cols, "embeddings"))
         assert stored <= budget and trial["rank"] % multiple == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=300), st.sampled_from(["mean", "p01", "min"]))
+def test_a_bootstrap_bound_lies_within_the_items_and_the_same_seed_repeats_it(values, statistic):
+    import numpy as np
+
+    from edgefold.runtime.metrics import RESAMPLES, STATISTICS, bootstrap
+
+    samples = np.array(values)
+    resampled = bootstrap(samples, statistic)
+    assert resampled.shape == (RESAMPLES,) and np.array_equal(resampled, bootstrap(samples, statistic))
+    assert samples.min() - 1e-12 <= resampled.min() and resampled.max() <= samples.max() + 1e-12
+    point = float(STATISTICS[statistic](samples[None])[0])
+    if statistic == "min":  # a resample's minimum is never below the sample's
+        assert resampled.min() >= point - 1e-12
+    if statistic == "mean" and np.ptp(samples) > 0:  # the point estimate sits inside the resampled spread
+        assert np.quantile(resampled, 0.001) <= point + 1e-12 <= np.quantile(resampled, 0.999) + 2e-12

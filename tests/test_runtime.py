@@ -135,6 +135,31 @@ def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, 
     assert not json.loads(harsh.read_text())["passed"]
 
 
+def test_a_gate_that_holds_on_the_text_but_not_at_the_confidence_asked_fails(minilm_variants, tmp_path, capsys):
+    from edgefold.runtime.texts import shipped_texts
+
+    reference, mild = str(minilm_variants["reference"]), str(minilm_variants["mild"])
+    data = EvalData("first 96 evaluation lines", shipped_texts("evaluation.txt")[:96])
+    probe = validate(mild, reference, data, ["mean_cosine>=0", "p01_cosine>=0"])
+    metrics, (mean_gate, _) = probe["metrics"], probe["gates"]
+    assert metrics["min_cosine"] <= metrics["p01_cosine"] <= metrics["mean_cosine"]
+    assert mean_gate["bound"] < metrics["mean_cosine"] and mean_gate["confidence"] == 1.0
+    # a threshold between the 95% bound and the value: the value clears it, the bound does not
+    threshold = round((mean_gate["bound"] + metrics["mean_cosine"]) / 2, 6)
+    gate = f"mean_cosine>={threshold}"
+    lenient = validate(mild, reference, data, [gate])
+    assert lenient["passed"] and 0.05 < lenient["gates"][0]["confidence"] < 1
+    strict = tmp_path / "strict.json"
+    data_file = tmp_path / "first96.txt"
+    data_file.write_text("\n".join(data.texts))
+    assert main(["validate", mild, "--reference", reference, "--data", str(data_file), "--gate", gate,
+                 "--confidence", "0.95", "-o", str(strict)]) == 1
+    assert "but its 95% bound" in capsys.readouterr().err
+    report = json.loads(strict.read_text())
+    assert not report["passed"] and report["confidence"] == 0.95
+    assert report["gates"][0]["bound"] == pytest.approx(mean_gate["bound"])  # the same resamples, seeded
+
+
 @pytest.mark.slow
 def test_validate_against_the_original_hugging_face_model(minilm_variants, tmp_path, capsys):
     from conftest import MINILM

@@ -28,8 +28,9 @@ def markdown(summary: dict) -> str:
         f"Gates: {', '.join(g['text'] for g in summary['gates'])}, on the selection split "
         f"({summary['splits']['selection']} items of {summary['data']}). Bytes: on disk; latency: measured median, "
         f"batch 1 x {summary['latency']['tokens']} tokens, {summary['latency']['threads']} thread(s); predicted: "
-        "from the sensitivities and the cost model. The search accepts a candidate only if it clears every gate "
-        f"by {summary['selection_margin']:g}. The original (fp32): "
+        "from the sensitivities and the cost model. The search accepts a candidate only if every gate's one-sided "
+        f"{summary['confidence']:.0%} bootstrap bound clears it too (a gate without one: by "
+        f"{summary['selection_margin']:g}). The original (fp32): "
         f"{reference['bytes']:,} bytes, {reference['latency_ms']:.2f} ms.",
         "",
         "| candidate | plan | bytes | vs fp32 | ms | vs fp32 | predicted loss | " + " | ".join(metrics) + " | passes |",
@@ -96,7 +97,7 @@ def _passes(row: dict) -> str:
         return f"no: {row['error'][:60]}"
     if not row["passed"]:
         return "no: " + ", ".join(g["metric"] for g in row["gates"] if not g["passed"])
-    return "yes" if row["accepted"] else "yes, within the margin"
+    return "yes" if row["accepted"] else "yes, but not at the confidence asked"
 
 
 def _ratio(value: float | None, reference: float) -> float | None:

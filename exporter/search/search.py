@@ -44,15 +44,16 @@ from edgefold.runtime.dataset import EvalData, check_data, load_data
 from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
 from edgefold.runtime.optable import LatencyTable
 from edgefold.runtime.texts import shipped_texts
-from edgefold.runtime.validate import check_gates, failures, validate
+from edgefold.runtime.validate import BOUND_LEVEL, check_gates, failures, validate
 
 #: Gates when the user gives none: what a careful release engineer accepts. onnxruntime's int8 alone is what
-#: teams ship today; on the shipped evaluation text it keeps a mean cosine of 0.965, a worst sentence of 0.89
-#: and 82% of each sentence's 10 nearest neighbours. The defaults sit just below that (mean 0.95, worst 0.85,
-#: neighbours 75%), so no model much worse than int8 alone passes, on the average or on the worst sentence;
-#: with task-level data the task decides too (retrieval recall@1 or accuracy at most one point down).
+#: teams ship today; on the shipped evaluation text it keeps a mean cosine of 0.965, a worst 1% of sentences
+#: of 0.94 and 82% of each sentence's 10 nearest neighbours. The defaults sit below that (mean 0.95, worst 1%
+#: 0.85, neighbours 75%), so no model much worse than int8 alone passes, on the average or on the tail. The tail
+#: is the 1st percentile, not the minimum: a minimum falls as the text grows, so no sample certifies it.
+#: With task-level data the task decides too (retrieval recall@1 or accuracy at most one point down).
 DEFAULT_GATES = {
-    "feature-extraction": ("mean_cosine>=0.95", "min_cosine>=0.85", "top10_agreement>=0.75"),
+    "feature-extraction": ("mean_cosine>=0.95", "p01_cosine>=0.85", "top10_agreement>=0.75"),
     "text-classification": ("label_agreement>=0.98",),
     "fill-mask": ("perplexity_ratio<=1.05",),
     "text-generation": ("perplexity_ratio<=1.05",),
@@ -61,9 +62,13 @@ TASK_GATES = {"pairs": "recall_at_1_drop<=0.01", "labels": "accuracy_drop<=0.01"
 #: Latency is measured and predicted at batch 1 x this many tokens, one thread: an app embedding one text.
 LATENCY_TOKENS, LATENCY_THREADS = 128, 1
 BASELINES = {"int8 alone": "int8", "int4-32 alone": "int4-32", "int4-128 alone": "int4-128"}
-#: The search accepts a candidate only if it clears every gate by this much on the selection split. The cheapest
-#: candidate that passes sits at the edge of a gate by construction; without a guard band it would fail on
-#: unseen text about half the time (measured: int4-128 alone, mean cosine 0.9504 on selection, 0.9496 on check).
+#: The search accepts a candidate only if every gate's one-sided bootstrap bound at this level clears it, on the
+#: selection split, and the chosen one again on the check split. The cheapest candidate that passes sits at the
+#: edge of a gate by construction; judged on its value alone it would fail on unseen text about half the time
+#: (measured: int4-128 alone, mean cosine 0.9504 on selection, 0.9496 on check).
+CONFIDENCE = BOUND_LEVEL
+#: A gate on a metric of the whole text at once (perplexity, spearman), which has no bootstrap bound, must be
+#: cleared by this much instead.
 SELECTION_MARGIN = 0.005
 
 
@@ -201,7 +206,7 @@ class _Search:
         self._measure_latency(verified)
         chosen = self._choose(verified)
         self.say(f"checking {chosen['label']} on the check split ({len(self.splits.check.texts)} items, unseen)")
-        check = validate(chosen["folder"], self.reference, self.splits.check, self.gates)
+        check = validate(chosen["folder"], self.reference, self.splits.check, self.gates, confidence=CONFIDENCE)
         summary = self._summary(verified, chosen, check, cost)
         if not check["passed"]:
             raise GateFailure(f"{chosen['label']} passes the gates on the selection split but not on the check "
@@ -241,7 +246,7 @@ class _Search:
                 jobs = [self._job(work, label, point, space, index, workers)
                         for label, point, index in batch[:room]]
                 for (_, meta), result in zip(jobs, verify_all(executor, shared, [job for job, _ in jobs])):
-                    verified.append({**meta, **result, "accepted": _clears(result, SELECTION_MARGIN)})
+                    verified.append({**meta, **result, "accepted": _clears(result)})
                 bar.update(len(jobs))
                 low, high = _bounds(verified, len(points))
         return verified
@@ -274,7 +279,7 @@ class _Search:
             best = min(verified, key=lambda r: (sum(not g["passed"] for g in r["gates"]) if r["gates"] else 99,
                                                 r["predicted_loss"]))
             reasons = "; ".join(failures({"gates": best["gates"]})) or best.get("error", "")
-            raise GateFailure(f"no candidate clears the gates by {SELECTION_MARGIN:g} on the selection split "
+            raise GateFailure(f"no candidate clears the gates at {CONFIDENCE:.0%} confidence on the selection split "
                               f"({len(verified)} verified); the closest, {best['label']} ({best['plan']}): "
                               f"{reasons}; nothing was written")
         # bytes are exact; latency is measured here, unless the table came from the device, whose predictions
@@ -294,7 +299,7 @@ class _Search:
                       for text, (metric, op, value) in zip(self.gates, check_gates(self.source.task,
                                                                                    self.splits.check, self.gates))],
             "reference": {"bytes": reference_bytes, "latency_ms": self.reference_ms},
-            "selection_margin": SELECTION_MARGIN,
+            "confidence": CONFIDENCE, "selection_margin": SELECTION_MARGIN,
             "latency": {"tokens": LATENCY_TOKENS, "threads": LATENCY_THREADS,
                         "predicted_ms": chosen["predicted_cost"] if cost.objective == "latency" else None,
                         "table": None if cost.table is None else cost.table.source},
@@ -322,11 +327,16 @@ def _bounds(verified: list[dict], count: int) -> tuple[int, int]:
     return low, high
 
 
-def _clears(result: dict, margin: float) -> bool:
-    """Every gate passed, and by at least ``margin`` (a threshold of >= moves up, one of <= down)."""
-    return result["passed"] and all(
-        g["value"] >= g["threshold"] + margin if g["op"] == ">=" else g["value"] <= g["threshold"] - margin
-        for g in result["gates"])
+def _clears(result: dict) -> bool:
+    """Every gate passed, and its bootstrap bound (at :data:`CONFIDENCE`) clears it too; a gate without a bound
+    by :data:`SELECTION_MARGIN` (a threshold of >= moves up, one of <= down)."""
+    def clears(gate: dict) -> bool:
+        if gate["bound"] is not None:
+            return gate["bound"] >= gate["threshold"] if gate["op"] == ">=" else gate["bound"] <= gate["threshold"]
+        value, threshold = gate["value"], gate["threshold"]
+        return value >= threshold + SELECTION_MARGIN if gate["op"] == ">=" else value <= threshold - SELECTION_MARGIN
+
+    return result["passed"] and all(clears(g) for g in result["gates"])
 
 
 def _between(low: int, high: int, count: int) -> list[int]:
