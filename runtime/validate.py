@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 GATE_FILE = "edgefold-gates.json"
 #: Gates used when neither flags nor a gate file give any, per task.
 DEFAULT_GATES = {
-    "feature-extraction": ["mean_cosine>=0.98", "min_cosine>=0.90", "top10_agreement>=0.80"],
+    "feature-extraction": ["mean_cosine>=0.98", "p01_cosine>=0.90", "top10_agreement>=0.80"],
     "text-classification": ["label_agreement>=0.98"],
     "fill-mask": ["perplexity_ratio<=1.05"],
     "text-generation": ["perplexity_ratio<=1.05"],

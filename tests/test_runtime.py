@@ -124,13 +124,13 @@ def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, 
     assert "PASS" in capsys.readouterr().out
     report = json.loads(mild.read_text())
     assert report["passed"] and report["data"]["items"] == 1225 and len(report["data"]["sha256"]) == 64
-    assert {g["metric"] for g in report["gates"]} == {"mean_cosine", "min_cosine", "top10_agreement"}
+    assert {g["metric"] for g in report["gates"]} == {"mean_cosine", "p01_cosine", "top10_agreement"}
     assert report["metrics"]["mean_cosine"] > 0.98 and 0 < report["metrics"]["spearman"] <= 1
 
     harsh = tmp_path / "harsh.json"
     assert main(["validate", str(minilm_variants["harsh"]), "--reference", reference, "-o", str(harsh)]) == 1
     errors = capsys.readouterr().err
-    for metric in ("mean_cosine", "min_cosine", "top10_agreement"):
+    for metric in ("mean_cosine", "p01_cosine", "top10_agreement"):
         assert f"FAIL: {metric} = " in errors
     assert not json.loads(harsh.read_text())["passed"]
 
