@@ -217,10 +217,11 @@ def _failure(gate: dict) -> str:
     needs = f"needs {gate['op']} {gate['threshold']:g}"
     if gate["value"] is None:
         return f"{gate['metric']} is undefined on this data, {needs}"
+    if _OPS[gate["op"]](gate["value"], gate["threshold"]) and gate["bound"] is None:  # a margin was asked
+        return f"{gate['metric']} = {gate['value']:.4f}, too close to the threshold ({needs})"
     if _OPS[gate["op"]](gate["value"], gate["threshold"]):  # the value holds; its bound does not
         return (f"{gate['metric']} = {gate['value']:.4f}, but its {gate['level']:.0%} bound "
-                f"{_number(gate['bound'])} does not clear it ({needs}; it holds in "
-                f"{gate['confidence']:.0%} of resamples)")
+                f"{gate['bound']:.4f} does not clear it ({needs}; it holds in {gate['confidence']:.0%} of resamples)")
     return f"{gate['metric']} = {gate['value']:.4f}, {needs}"
 
 

@@ -278,7 +278,8 @@ class _Search:
         if not passing:
             best = min(verified, key=lambda r: (sum(not g["passed"] for g in r["gates"]) if r["gates"] else 99,
                                                 r["predicted_loss"]))
-            reasons = "; ".join(failures({"gates": best["gates"]})) or best.get("error", "")
+            judged = [{**gate, "passed": _gate_clears(gate)} for gate in best["gates"]]
+            reasons = "; ".join(failures({"gates": judged})) or best.get("error", "")
             raise GateFailure(f"no candidate clears the gates at {CONFIDENCE:.0%} confidence on the selection split "
                               f"({len(verified)} verified); the closest, {best['label']} ({best['plan']}): "
                               f"{reasons}; nothing was written")
@@ -328,15 +329,19 @@ def _bounds(verified: list[dict], count: int) -> tuple[int, int]:
 
 
 def _clears(result: dict) -> bool:
-    """Every gate passed, and its bootstrap bound (at :data:`CONFIDENCE`) clears it too; a gate without a bound
-    by :data:`SELECTION_MARGIN` (a threshold of >= moves up, one of <= down)."""
-    def clears(gate: dict) -> bool:
-        if gate["bound"] is not None:
-            return gate["bound"] >= gate["threshold"] if gate["op"] == ">=" else gate["bound"] <= gate["threshold"]
-        value, threshold = gate["value"], gate["threshold"]
-        return value >= threshold + SELECTION_MARGIN if gate["op"] == ">=" else value <= threshold - SELECTION_MARGIN
+    return result["passed"] and all(_gate_clears(g) for g in result["gates"])
 
-    return result["passed"] and all(clears(g) for g in result["gates"])
+
+def _gate_clears(gate: dict) -> bool:
+    """The gate passed, and its bootstrap bound (at :data:`CONFIDENCE`) clears it too; a gate without a bound
+    clears it by :data:`SELECTION_MARGIN` (a threshold of >= moves up, one of <= down)."""
+    if not gate["passed"]:
+        return False
+    upward = gate["op"] == ">="
+    if gate["bound"] is not None:
+        return gate["bound"] >= gate["threshold"] if upward else gate["bound"] <= gate["threshold"]
+    margin = SELECTION_MARGIN if upward else -SELECTION_MARGIN
+    return gate["value"] >= gate["threshold"] + margin if upward else gate["value"] <= gate["threshold"] + margin
 
 
 def _between(low: int, high: int, count: int) -> list[int]:
