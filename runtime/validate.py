@@ -163,6 +163,11 @@ def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates
     }
 
 
+def holds(op: str, value: float, threshold: float) -> bool:
+    """``value`` meets a gate's ``op`` (``>=`` or ``<=``) ``threshold``."""
+    return bool(_OPS[op](value, threshold))
+
+
 def check_confidence(confidence: float | None) -> None:
     if confidence is not None and not (isinstance(confidence, float) and 0.5 <= confidence < 1):
         raise EdgefoldError(f"a confidence is a level from 0.5 up to (not including) 1, e.g. 0.95 (got {confidence!r})")

@@ -44,7 +44,7 @@ from edgefold.runtime.dataset import EvalData, check_data, load_data
 from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
 from edgefold.runtime.optable import LatencyTable
 from edgefold.runtime.texts import shipped_texts
-from edgefold.runtime.validate import BOUND_LEVEL, check_gates, failures, validate
+from edgefold.runtime.validate import BOUND_LEVEL, check_gates, failures, holds, validate
 
 #: Gates when the user gives none: what a careful release engineer accepts. onnxruntime's int8 alone is what
 #: teams ship today; on the shipped evaluation text it keeps a mean cosine of 0.965, a worst 1% of sentences
@@ -337,11 +337,10 @@ def _gate_clears(gate: dict) -> bool:
     clears it by :data:`SELECTION_MARGIN` (a threshold of >= moves up, one of <= down)."""
     if not gate["passed"]:
         return False
-    upward = gate["op"] == ">="
     if gate["bound"] is not None:
-        return gate["bound"] >= gate["threshold"] if upward else gate["bound"] <= gate["threshold"]
-    margin = SELECTION_MARGIN if upward else -SELECTION_MARGIN
-    return gate["value"] >= gate["threshold"] + margin if upward else gate["value"] <= gate["threshold"] + margin
+        return holds(gate["op"], gate["bound"], gate["threshold"])
+    margin = SELECTION_MARGIN if gate["op"] == ">=" else -SELECTION_MARGIN
+    return holds(gate["op"], gate["value"], gate["threshold"] + margin)
 
 
 def _between(low: int, high: int, count: int) -> list[int]:
