@@ -49,6 +49,9 @@ def add_parser(commands) -> None:
                            'needs pip install "edgefold[distributed]"')
     goal.add_argument("--max-candidates", type=flags.whole(4), default=None,
                       help="graphs exported and validated at most (default 9)")
+    goal.add_argument("--no-second-domain", dest="second_domain", action="store_false", default=None,
+                      help="do not also check the chosen model on the shipped second domain (Python docstrings): "
+                           "where only your own --data matters")
     goal.add_argument("--latency-table", metavar="FILE",
                       help="with --objective latency: a table measured on the device (edgefold bench --op-table); "
                            "default: measured on this CPU")
@@ -90,8 +93,9 @@ def add_parser(commands) -> None:
                              "MatMulNBits (default: none)")
     recipe.add_argument("--quant-algorithm", choices=("rtn", "gptq"), default=None,
                         help="how 4-bit weights are chosen: rtn (onnxruntime's round to nearest) or gptq (error "
-                             "feedback fitted on --calibration text, act-order; with --quantize int4 or a --plan; "
-                             "default: rtn)")
+                             "feedback fitted on calibration text, act-order). The search's candidates: default "
+                             "gptq, on its fit split; a recipe (--quantize int4) or a --plan: default rtn, gptq "
+                             "on --calibration text")
     recipe.add_argument("--per-channel", action="store_true", default=None, help="int8 weights with one scale per channel")
     recipe.add_argument("--quantize-for", metavar="CPU", default=None,
                         help="CPU the int8 weights are typed for: generic, arm64, avx512-vnni (signed weights, "
@@ -113,9 +117,9 @@ def add_parser(commands) -> None:
 
 #: Flags that spell out a recipe: any of them and edgefold exports that recipe instead of searching for one.
 RECIPE_FLAGS = ("method", "targets", "ratio", "size_budget", "allocation", "frequency", "calibration",
-                "method_option", "bias_correction", "quantize", "quant_algorithm", "per_channel", "quantize_for",
-                "stream")
-SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates", "ray")
+                "method_option", "bias_correction", "quantize", "per_channel", "quantize_for", "stream")
+SEARCH_FLAGS = ("objective", "search", "latency_table", "workers", "max_candidates", "ray", "second_domain")
+FLAG_NAMES = {"second_domain": "no_second_domain"}  # where the flag is not the attribute's name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise EdgefoldError(f"{EXPORT_EXTRA_HINT} ({error})") from None
     recipe = [f"--{name.replace('_', '-')}" for name in RECIPE_FLAGS if getattr(args, name) is not None]
-    searching = [f"--{name.replace('_', '-')}" for name in SEARCH_FLAGS if getattr(args, name) is not None]
+    searching = [f"--{FLAG_NAMES.get(name, name).replace('_', '-')}" for name in SEARCH_FLAGS
+                 if getattr(args, name) is not None]
     if args.plan:  # its factors may be fitted again: on --calibration text, as the search fitted on --data
-        recipe = [flag for flag in recipe if flag not in ("--calibration", "--quant-algorithm")]
+        recipe = [flag for flag in recipe if flag != "--calibration"]
         if recipe or searching:
             raise EdgefoldError(f"--plan exports a plan as it is: not with {', '.join(recipe + searching)}")
     if recipe and searching:
@@ -150,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         _refuse_for_search(args, exporter)
         chosen = {name: value for name, value in (("objective", args.objective), ("workers", args.workers),
-                                                  ("max_candidates", args.max_candidates)) if value is not None}
+                                                  ("max_candidates", args.max_candidates),
+                                                  ("algorithm", args.quant_algorithm),
+                                                  ("second_domain", args.second_domain)) if value is not None}
         search = exporter.SearchConfig(gates=tuple(args.gate), data=data, full=args.search == "full",
                                        latency_table=args.latency_table, seed=args.seed, ray=args.ray, **chosen)
         manifest = exporter.search_export(args.model, args.output_dir, search, **common)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from .errors import EdgefoldError
@@ -83,6 +84,21 @@ def load_data(path: str | Path | None, text_column: str = "text", label_column: 
     data = EvalData(str(path), values["text"], values.get("label"), sha256=_digest(raw))
     if "query" in values:
         data.pairs = list(zip(values["query"], values["positive"]))
+    return data
+
+
+#: Text of another kind, human-written by other people, that the project tuned nothing on: 267 docstrings of the
+#: Python standard library (CPython's developers; PSF-2.0, ``data/PSF-LICENSE.txt``), each summary paired with its
+#: body for retrieval. What a search checks its answer on besides the user's text (see ``runtime/data/README.md``).
+SECOND_DOMAIN = "docstrings.jsonl"
+
+
+def second_domain(task: str) -> EvalData:
+    """The shipped second domain, with query / positive pairs where the task can use them (feature extraction)."""
+    columns = ("query", "positive") if task == "feature-extraction" else (None, None)
+    with resources.as_file(resources.files("edgefold.runtime").joinpath("data", SECOND_DOMAIN)) as path:
+        data = load_data(path, "text", None, *columns)
+    data.source = f"shipped {SECOND_DOMAIN} (Python standard-library docstrings)"
     return data
 
 

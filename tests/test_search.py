@@ -4,6 +4,7 @@ the check split, and the folder it writes (or refuses to write)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -24,7 +25,7 @@ from edgefold.exporter.search.latency import OpShape, write_probes
 from edgefold.exporter.search.search import _bounds
 from edgefold.exporter.search.simulate import quantized_input, quantized_weight
 from edgefold.exporter.search.space import Cost, Option, weight_bytes
-from edgefold.exporter.search.splits import Splits
+from edgefold.exporter.search.splits import RUN, Splits, normalized
 from edgefold.exporter.source.loading import inspect_model, load_model
 from edgefold.runtime import EdgefoldError
 from edgefold.cli import main
@@ -126,8 +127,27 @@ def test_splits_are_disjoint_interleaved_and_keep_pairs_with_their_texts():
     assert [len(p) for p in parts] == [40, 60, 20]
     assert not set(parts[0]) & set(parts[1]) and not set(parts[1]) & set(parts[2]) and not set(parts[0]) & set(parts[2])
     assert all(query == text for text, (query, _) in zip(splits.check.texts, splits.check.pairs))
-    with pytest.raises(EdgefoldError, match="needs at least 48"):
-        Splits.of(EvalData("tiny.txt", texts[:20]))
+    with pytest.raises(EdgefoldError, match="20 distinct items.*needs at least 48"):
+        Splits.of(EvalData("tiny.txt", texts[:20] * 3))
+
+
+@given(st.lists(st.sampled_from([f"line {i}" for i in range(40)] + ["Line 3!", "line  3", "LINE 7."]),
+                min_size=48, max_size=400))
+def test_no_text_is_on_two_sides_of_a_split_nor_counted_twice(texts):
+    """Repeats (ignoring case, spacing, punctuation) are left out, so a check item never reappears in selection;
+    consecutive items share a role."""
+    distinct = len({normalized(t) for t in texts})
+    data = EvalData("mine.txt", texts)
+    if distinct < 48:
+        with pytest.raises(EdgefoldError, match=f"{distinct} distinct items"):
+            Splits.of(data)
+        return
+    splits = Splits.of(data)
+    keys = [{normalized(t) for t in part.texts} for part in (splits.fit, splits.selection, splits.check)]
+    assert sum(map(len, keys)) == distinct == len(texts) - splits.duplicates
+    assert not keys[0] & keys[1] and not keys[1] & keys[2] and not keys[0] & keys[2]
+    assert splits.fit.texts[:RUN] == [t for i, t in enumerate(texts) if normalized(t) not in
+                                      {normalized(u) for u in texts[:i]}][:RUN]
 
 
 def test_a_plan_round_trips_and_is_checked_against_the_model(tiny_model):
@@ -308,20 +328,22 @@ def test_a_latency_table_measured_on_the_device_steers_the_search(tiny_model, tm
 
 
 @pytest.mark.slow
-def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_path, monkeypatch, capsys):
-    """The check split is the last word: here it holds text unlike the selection split (symbols, not prose), on
-    which the chosen model's worst case falls below a gate that it cleared on selection."""
+@pytest.mark.parametrize("where", ["check split", "second domain"])
+def test_a_model_that_fails_on_the_check_split_or_the_second_domain_is_not_written(tiny_model, tmp_path, monkeypatch,
+                                                                                  capsys, where):
+    """The check split and the second domain are the last word: here one of them holds text unlike the selection
+    split (symbols, not prose), on which the chosen model's worst case falls below a gate that it cleared on
+    selection."""
     from edgefold.exporter.search import search
 
     symbols = random.Random(0)
     unlike = EvalData("symbols", ["".join(symbols.choice("ǂʘǁ☃⚙𝔘ŧɮ#@%&") for _ in range(40)) for _ in range(60)])
-    real_split = Splits.of
-
-    def check_on_symbols(data: EvalData) -> Splits:
-        split = real_split(data)
-        return Splits(split.fit, split.selection, unlike)
-
-    monkeypatch.setattr(Splits, "of", staticmethod(check_on_symbols))
+    if where == "check split":
+        real_split = Splits.of
+        monkeypatch.setattr(Splits, "of", staticmethod(lambda data: dataclasses.replace(real_split(data), check=unlike)))
+    else:
+        prose = EvalData("prose", shipped_texts("evaluation.txt")[:60])
+        monkeypatch.setattr(search, "_second_domain", lambda task, gates: search._Domain(prose, unlike, tuple(gates)))
     monkeypatch.setattr(search, "SELECTION_MARGIN", 0.0)  # a gate between the two splits' worst cases
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(shipped_texts("calibration.txt")[:300]))
@@ -329,8 +351,8 @@ def test_a_model_that_fails_on_the_check_split_is_not_written(tiny_model, tmp_pa
     code = main(["export", str(tiny_model("roberta-feature-extraction")), str(out), "--quiet", "--workers", "1",
                  "--max-candidates", "4", "--data", str(data), "--gate", "min_cosine>=0.9994"])
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and "but not on the check split" in line and "nothing was written" in line
-    assert not out.exists()
+    assert code == 1 and "nothing was written" in line and not out.exists()
+    assert ("but not on the check split" if where == "check split" else "but not on symbols") in line, line
 
 
 @pytest.mark.slow

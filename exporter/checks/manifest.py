@@ -224,6 +224,11 @@ def _gate_lines(manifest: dict) -> list[str]:
              f"  gates on the selection split ({splits['selection']} items): {gates(search['selection']['gates'])}",
              f"  gates on the check split ({splits['check']} items, never seen by the search): "
              f"{gates(search['check']['gates'])}"]
+    domain = search.get("second_domain")
+    if domain:
+        lines.append(f"  gates on a second domain, {domain['check']['data']['source']} "
+                     f"({domain['check']['data']['items']} items, never seen by the search): "
+                     f"{gates(domain['check']['gates'])}")
     measured = search.get("chosen_latency_ms")
     if measured:
         predicted = f", predicted {latency['predicted_ms']:.2f} ms" if latency.get("predicted_ms") else ""

@@ -34,7 +34,7 @@ from edgefold.runtime.validate import validate
 @dataclass(frozen=True)
 class Inputs:
     """What every candidate of a search shares (sent to each worker once): the model, the calibration text, the
-    reference graph and the selection split with its gates."""
+    reference graph, the selection split with its gates, and the second domain's selection half with its own."""
 
     model: str
     task: str
@@ -43,18 +43,21 @@ class Inputs:
     data: EvalData
     gates: tuple[str, ...]
     trust_remote_code: bool = False
+    domain: EvalData | None = None
+    domain_gates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Job:
-    """One candidate: its plan with its factors, and where its folder goes (no open handles: it crosses process
-    boundaries)."""
+    """One candidate: its plan with its factors, how its 4-bit weights are chosen (rtn, gptq), and where its
+    folder goes (no open handles: it crosses process boundaries)."""
 
     label: str
     plan: Plan
     fitted: dict[str, LowRankFactors]
     folder: Path
     threads: int = 1
+    algorithm: str = "rtn"
 
 
 #: This process's exported graphs: candidates that differ only in their precisions share one export.
@@ -68,15 +71,19 @@ def verify(inputs: Inputs, job: Job) -> dict:
     result = {"label": job.label, "folder": str(job.folder)}
     try:
         manifest = export(inputs.model, job.folder, CompressionConfig(plan=job.plan),
-                          GraphConfig(optimize="none", precisions=job.plan.precisions), task=inputs.task,
+                          GraphConfig(optimize="none", precisions=job.plan.precisions, algorithm=job.algorithm),
+                          task=inputs.task,
                           trust_remote_code=inputs.trust_remote_code, progress=False,
                           calibration=inputs.calibration, fitted=job.fitted, reuse=_EXPORTED)
         report = validate(job.folder, inputs.reference, inputs.data, list(inputs.gates))
+        domain = None if inputs.domain is None else \
+            validate(job.folder, inputs.reference, inputs.domain, list(inputs.domain_gates), verify=False)
     except Exception as error:  # noqa: BLE001  one candidate's failure (a kernel, a quantiser) is a result
         return {**result, "passed": False, "error": f"{type(error).__name__}: {error}", "bytes": None,
-                "metrics": {}, "gates": []}
-    return {**result, "passed": report["passed"], "bytes": manifest["totals"]["bytes_after"],
-            "metrics": report["metrics"], "gates": report["gates"]}
+                "metrics": {}, "gates": [], "domain": None}
+    return {**result, "passed": report["passed"] and (domain is None or domain["passed"]),
+            "bytes": manifest["totals"]["bytes_after"], "metrics": report["metrics"], "gates": report["gates"],
+            "domain": None if domain is None else {key: domain[key] for key in ("metrics", "gates", "passed")}}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ def write_report(folder: Path, summary: dict) -> list[str]:
 
 def markdown(summary: dict) -> str:
     metrics = [gate["metric"] for gate in summary["gates"]]
+    domain_metrics = next(([g["metric"] for g in row["domain"]["gates"]] for row in summary["candidates"]
+                           if row.get("domain")), [])
+    headers = metrics + [f"{metric}, 2nd domain" for metric in domain_metrics]
     reference = summary["reference"]
     lines = [
         f"# Search: objective {summary['objective']}, {summary['mode']} search",
@@ -33,22 +36,32 @@ def markdown(summary: dict) -> str:
         f"{summary['selection_margin']:g}). The original (fp32): "
         f"{reference['bytes']:,} bytes, {reference['latency_ms']:.2f} ms.",
         "",
-        "| candidate | plan | bytes | vs fp32 | ms | vs fp32 | predicted loss | " + " | ".join(metrics) + " | passes |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(metrics) + "---|",
+        "| candidate | plan | 4-bit weights | bytes | vs fp32 | ms | vs fp32 | predicted loss | " + " | ".join(headers)
+        + " | passes |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(headers) + "---|",
     ]
     for row in summary["candidates"]:
-        values = [_number(row["metrics"].get(m), ".4f") for m in metrics]
+        on_domain = row["domain"]["metrics"] if row.get("domain") else {}
+        values = [_number(row["metrics"].get(m), ".4f") for m in metrics] + \
+            [_number(on_domain.get(m), ".4f") for m in domain_metrics]
         mark = " **(chosen)**" if row["label"] == summary["chosen"] else ""
-        lines.append(f"| {row['label']}{mark} | {row['plan']} | {_number(row['bytes'], ',')} | "
+        lines.append(f"| {row['label']}{mark} | {row['plan']} | {row.get('algorithm', 'rtn')} | "
+                     f"{_number(row['bytes'], ',')} | "
                      f"{_number(_ratio(row['bytes'], reference['bytes']), '.3f')} | {_number(row['latency_ms'], '.2f')} "
                      f"| {_number(_ratio(row['latency_ms'], reference['latency_ms']), '.2f')} | "
                      f"{row['predicted_loss']:.4f} | " + " | ".join(values) + f" | {_passes(row)} |")
-    check = summary.get("check")
+    check, domain = summary.get("check"), summary.get("second_domain")
     if check:
         lines += ["", f"Check split ({summary['splits']['check']} items, never used by the search): "
-                      + ", ".join(f"{g['metric']} {_number(g['value'], '.4f')} ({'pass' if g['passed'] else 'FAIL'})"
-                                  for g in check["gates"])]
+                  + _verdicts(check["gates"])]
+    if domain:
+        lines += ["", f"Second domain, {domain['check']['data']['source']} ({domain['check']['data']['items']} items, "
+                      "never used by the search): " + _verdicts(domain["check"]["gates"])]
     return "\n".join(lines) + "\n"
+
+
+def _verdicts(gates: list[dict]) -> str:
+    return ", ".join(f"{g['metric']} {_number(g['value'], '.4f')} ({'pass' if g['passed'] else 'FAIL'})" for g in gates)
 
 
 def plot(summary: dict) -> bytes:
@@ -96,7 +109,9 @@ def _passes(row: dict) -> str:
     if row.get("error"):
         return f"no: {row['error'][:60]}"
     if not row["passed"]:
-        return "no: " + ", ".join(g["metric"] for g in row["gates"] if not g["passed"])
+        domain = row["domain"]["gates"] if row.get("domain") else []
+        return "no: " + ", ".join([g["metric"] for g in row["gates"] if not g["passed"]]
+                                  + [f"{g['metric']} (2nd domain)" for g in domain if not g["passed"]])
     return "yes" if row["accepted"] else "yes, but not at the confidence asked"
 
 

@@ -1,14 +1,18 @@
 """``search_export``: the smallest (or fastest) model that passes the user's gates, on the user's text.
 
 1. The data is split: fit (statistics, token counts), selection (every choice below), check (never seen).
-2. Each module's choices (precision fp32/int8/int4-32/int4-128; the word embeddings kept or factorised at a few
-   ratios; in the full search, Linears factorised at a few ranks) are scored alone in torch (``sensitivity``).
-3. The predicted Pareto curve of cost against loss is built greedily (``frontier``); int8 alone and int4 alone
-   are candidates too, so the result is never worse than either.
+2. Each module's choices (precision fp32/int8/int4-32/int4-128, 4-bit weights fitted by GPTQ on the fit split
+   by default; the word embeddings kept or factorised at a few ratios; in the full search, Linears factorised at a
+   few ranks) are scored alone in torch (``sensitivity``).
+3. The predicted Pareto curve of cost against loss is built greedily (``frontier``); onnxruntime's quantiser
+   alone (int8, and int4 by rounding) is a candidate too, so the result is never worse than either.
 4. Candidates along the curve are exported and validated as ONNX graphs on the selection split, bisecting for
    the cheapest that passes (a candidate that fails moves the search back to costlier ones).
-5. The chosen model must pass again on the check split; only then is the folder written, with its plan and a
-   frontier report. Anything else fails closed: nothing is written.
+   Each candidate is validated on a second domain too, text of another kind than the user's (the shipped Python
+   docstrings, ``runtime.dataset.second_domain``): its selection half. A choice fitted to the user's text (token
+   frequencies, input moments) must still hold on text it was not fitted to.
+5. The chosen model must pass again on the check split and on the second domain's check half; only then is the
+   folder written, with its plan and a frontier report. Anything else fails closed: nothing is written.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from edgefold.exporter.checks.manifest import write_manifest
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.distributed import Executor, executor_for, threads_per_worker
 from edgefold.exporter.graph.config import GraphConfig
-from edgefold.exporter.graph.quantize import PRECISIONS
+from edgefold.exporter.graph.quantize import INT4_BLOCKS, PRECISIONS, check_algorithm
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
 from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, verify_all
@@ -36,15 +40,15 @@ from edgefold.exporter.search.latency import OpShape, measure_table, model_laten
 from edgefold.exporter.search.report import write_report
 from edgefold.exporter.search.sensitivity import Space, dense_operators, measure_space
 from edgefold.exporter.search.space import OBJECTIVES, Cost, fixed_cost
-from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
+from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits, halves
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
 from edgefold.runtime import EdgefoldError, GateFailure
-from edgefold.runtime.dataset import EvalData, check_data, load_data
+from edgefold.runtime.dataset import EvalData, check_data, load_data, second_domain
 from edgefold.runtime.manifest import MANIFEST_NAME, read_manifest
 from edgefold.runtime.optable import LatencyTable
 from edgefold.runtime.texts import shipped_texts
-from edgefold.runtime.validate import BOUND_LEVEL, check_gates, failures, holds, validate
+from edgefold.runtime.validate import BOUND_LEVEL, check_gates, failures, holds, metric_names, parse_gate, validate
 
 #: Gates when the user gives none: what a careful release engineer accepts. onnxruntime's int8 alone is what
 #: teams ship today; on the shipped evaluation text it keeps a mean cosine of 0.965, a worst 1% of sentences
@@ -82,7 +86,11 @@ class SearchConfig:
     this CPU. ``max_candidates``: graphs verified at most (each one export and one validation). ``ray``: a Ray
     cluster's address (or "auto") where the candidates and the per-module measurements run as tasks (None: local
     processes). ``workers``: candidates verified at once, a round of the bisection (None: this machine's cores, or
-    the cluster's CPUs); the same ``workers`` and ``seed`` give the same result locally and on a cluster."""
+    the cluster's CPUs); the same ``workers`` and ``seed`` give the same result locally and on a cluster.
+    ``algorithm``: how the candidates' 4-bit weights are chosen: gptq (error feedback on the fit split's inputs)
+    or rtn (onnxruntime's rounding, what the baselines use). ``second_domain``: every candidate must clear the
+    gates on the selection half of the shipped second domain too, and the chosen one on its check half (False:
+    the user's text alone decides)."""
 
     objective: str = "size"
     gates: tuple[str, ...] = ()
@@ -93,8 +101,11 @@ class SearchConfig:
     max_candidates: int = 9
     seed: int = 0
     ray: str | None = None
+    algorithm: str = "gptq"
+    second_domain: bool = True
 
     def __post_init__(self) -> None:
+        check_algorithm(self.algorithm)
         if self.objective not in OBJECTIVES:
             raise EdgefoldError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
         for name, low in (("workers", 1), ("max_candidates", 4)):
@@ -169,6 +180,7 @@ class _Search:
         self.source, self.search, self.gates, self.splits = source, search, gates, splits
         self.data_source, self.trust_remote_code, self.progress = data_source, trust_remote_code, progress
         self.calibration = splits.calibration()
+        self.domain = _second_domain(source.task, gates) if search.second_domain else None
         self.step = self.jobs_made = 0
 
     def say(self, what: str) -> None:
@@ -192,7 +204,7 @@ class _Search:
                  f"({'full' if self.search.full else 'quick'} search"
                  f"{f', on the Ray cluster at {self.search.ray}' if self.search.ray else ''})")
         space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
-                              seed=self.search.seed, progress=self.progress,
+                              seed=self.search.seed, progress=self.progress, algorithm=self.search.algorithm,
                               executor=executor if self.search.ray else None)  # locally: inline, as it always was
         del network
         gc.collect()
@@ -205,12 +217,18 @@ class _Search:
         self.say(f"measuring the latency of {sum(r['bytes'] is not None for r in verified)} verified graph(s)")
         self._measure_latency(verified)
         chosen = self._choose(verified)
-        self.say(f"checking {chosen['label']} on the check split ({len(self.splits.check.texts)} items, unseen)")
+        self.say(f"checking {chosen['label']} on the check split ({len(self.splits.check.texts)} items, unseen)"
+                 + (f" and the second domain's check half ({len(self.domain.check.texts)})" if self.domain else ""))
         check = validate(chosen["folder"], self.reference, self.splits.check, self.gates, confidence=CONFIDENCE)
-        summary = self._summary(verified, chosen, check, cost)
+        domain = None if self.domain is None else validate(chosen["folder"], self.reference, self.domain.check,
+                                                           list(self.domain.gates), confidence=CONFIDENCE)
+        summary = self._summary(verified, chosen, check, domain, cost)
         if not check["passed"]:
             raise GateFailure(f"{chosen['label']} passes the gates on the selection split but not on the check "
                               f"split ({'; '.join(failures(check))}); nothing was written")
+        if domain is not None and not domain["passed"]:
+            raise GateFailure(f"{chosen['label']} passes the gates on the selection and check splits but not on "
+                              f"{domain['data']['source']} ({'; '.join(failures(domain))}); nothing was written")
         self.say(f"writing {output_dir}")
         search = {key: value for key, value in summary.items() if key != "candidates"}
         return _publish(Path(chosen["folder"]), output_dir, {"search": search}, summary)
@@ -232,7 +250,8 @@ class _Search:
         """Bisect the curve for its cheapest passing point, ``workers`` candidates a round; baselines first."""
         workers, budget = executor.workers, self.search.max_candidates
         inputs = Inputs(self.source.name, self.source.task, self.calibration, self.reference, self.splits.selection,
-                        tuple(self.gates), self.trust_remote_code)
+                        tuple(self.gates), self.trust_remote_code, *((self.domain.selection, self.domain.gates)
+                                                                     if self.domain else ()))
         shared = shared_inputs(executor, inputs, self.source.path)
         verified: list[dict] = []
         low, high = -1, len(points)  # points[low] passes (-1: the original), points[high] fails (len: assumed)
@@ -256,9 +275,12 @@ class _Search:
         """A candidate's job, and what the search knows of it: where it sits on the curve (None: a baseline)."""
         plan = Plan({name: option.choice for name, option in point.options.items() if option.choice != ModuleChoice()})
         self.jobs_made += 1
+        four_bit = any(precision in INT4_BLOCKS for precision in plan.precisions.values())
+        algorithm = self.search.algorithm if index is not None and four_bit else "rtn"  # baselines: onnxruntime's
         job = Job(label, plan, space.factors_for(plan.modules), work / f"candidate-{self.jobs_made:02d}",
-                  threads_per_worker(workers))
+                  threads_per_worker(workers), algorithm)
         meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),
+                "algorithm": algorithm,
                 "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost, "predicted_loss": point.loss}
         return job, meta
 
@@ -276,9 +298,9 @@ class _Search:
     def _choose(self, verified: list[dict]) -> dict:
         passing = [row for row in verified if row["accepted"]]
         if not passing:
-            best = min(verified, key=lambda r: (sum(not g["passed"] for g in r["gates"]) if r["gates"] else 99,
+            best = min(verified, key=lambda r: (sum(not g["passed"] for g in _all_gates(r)) if r["gates"] else 99,
                                                 r["predicted_loss"]))
-            judged = [{**gate, "passed": _gate_clears(gate)} for gate in best["gates"]]
+            judged = [{**gate, "passed": _gate_clears(gate)} for gate in _all_gates(best)]
             reasons = "; ".join(failures({"gates": judged})) or best.get("error", "")
             raise GateFailure(f"no candidate clears the gates at {CONFIDENCE:.0%} confidence on the selection split "
                               f"({len(verified)} verified); the closest, {best['label']} ({best['plan']}): "
@@ -288,13 +310,14 @@ class _Search:
         key = {"size": "bytes", "latency": "predicted_cost" if self.search.latency_table else "latency_ms"}
         return min(passing, key=lambda row: (row[key[self.search.objective]], row["predicted_cost"]))
 
-    def _summary(self, verified: list[dict], chosen: dict, check: dict, cost: Cost) -> dict:
+    def _summary(self, verified: list[dict], chosen: dict, check: dict, domain: dict | None, cost: Cost) -> dict:
         reference_bytes = read_manifest(self.reference)["totals"]["bytes_after"]
-        rows = [{key: row[key] for key in ("label", "kind", "plan", "bytes", "latency_ms", "predicted_cost",
-                                           "predicted_loss", "metrics", "gates", "passed", "accepted")}
+        rows = [{key: row[key] for key in ("label", "kind", "plan", "algorithm", "bytes", "latency_ms", "predicted_cost",
+                                           "predicted_loss", "metrics", "gates", "domain", "passed", "accepted")}
                 | ({"error": row["error"]} if row.get("error") else {}) for row in verified]
         return {
             "objective": self.search.objective, "mode": "full" if self.search.full else "quick",
+            "algorithm": self.search.algorithm,
             "data": self.data_source, "splits": self.splits.describe(),
             "gates": [{"text": text, "metric": metric, "op": op, "threshold": value}
                       for text, (metric, op, value) in zip(self.gates, check_gates(self.source.task,
@@ -307,6 +330,10 @@ class _Search:
             "chosen": chosen["label"], "chosen_plan": chosen["plan"], "chosen_latency_ms": chosen["latency_ms"],
             "selection": {"metrics": chosen["metrics"], "gates": chosen["gates"]},
             "check": {"metrics": check["metrics"], "gates": check["gates"]},
+            "second_domain": None if domain is None else {
+                "selection": {"data": self.domain.selection.describe(), "metrics": chosen["domain"]["metrics"],
+                              "gates": chosen["domain"]["gates"]},
+                "check": {key: domain[key] for key in ("data", "metrics", "gates")}},
             "candidates": rows,
         }
 
@@ -329,7 +356,30 @@ def _bounds(verified: list[dict], count: int) -> tuple[int, int]:
 
 
 def _clears(result: dict) -> bool:
-    return result["passed"] and all(_gate_clears(g) for g in result["gates"])
+    return result["passed"] and all(_gate_clears(g) for g in _all_gates(result))
+
+
+def _all_gates(result: dict) -> list[dict]:
+    """A candidate's gates on the selection split and on the second domain's selection half."""
+    domain = result["domain"]["gates"] if result.get("domain") else []
+    return result["gates"] + [{**gate, "metric": f"{gate['metric']} on the second domain"} for gate in domain]
+
+
+@dataclass(frozen=True)
+class _Domain:
+    """The shipped second domain: the half the candidates are validated on, the half the chosen one is checked
+    on, and the user's gates it can compute (a gate on labels cannot be computed on unlabelled text)."""
+
+    selection: EvalData
+    check: EvalData
+    gates: tuple[str, ...]
+
+
+def _second_domain(task: str, gates: list[str]) -> _Domain | None:
+    domain = second_domain(task)
+    available = metric_names(task, domain)
+    computable = tuple(gate for gate in gates if parse_gate(gate)[0] in available)
+    return _Domain(*halves(domain), computable) if computable else None
 
 
 def _gate_clears(gate: dict) -> bool:

@@ -1,6 +1,7 @@
 """Each module's choices, and the fidelity each loses when it is the only change: the search's predictions.
 
-Measured in torch on the selection split: every module at every precision (simulated, see ``simulate``), kept or
+Measured in torch on the selection split: every module at every precision (simulated, see ``simulate``; a dense
+Linear's 4-bit weights fitted by GPTQ on its input moments where the search's algorithm is GPTQ), kept or
 factorised (the word embeddings frequency-aware at a few ratios; Linears, in the full search, whitened SVD at a
 few ranks), one module at a time against the original model. Factors are fitted once here and reused by every
 candidate that chooses them.
@@ -65,25 +66,27 @@ class ModuleInputs:
     factorise_linears: bool
     seed: int
     threads: int
+    algorithm: str = "rtn"
 
 
 def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: Splits, *,
-                  factorise_linears: bool, seed: int = 0, progress: bool = True,
-                  executor: Executor | None = None) -> Space:
+                  factorise_linears: bool, seed: int = 0, progress: bool = True, executor: Executor | None = None,
+                  algorithm: str = "rtn") -> Space:
     """Every module's options with their measured losses (see the module docstring): inline, or one task per
-    module on ``executor`` (the same numbers either way)."""
+    module on ``executor`` (the same numbers either way). ``algorithm``: how 4-bit weights are chosen (rtn,
+    gptq), as the candidates' graphs will choose them."""
     spec = spec_for(model.config.model_type)
     selected = [(name, kinds) for name, _, kinds in plannable_modules(model, spec)]
     scorer = ValidationScorer(model, splits.selection.texts[:SENSITIVITY_ITEMS], tokenizer)
     calibration = splits.calibration()
     statistics = {}
-    if factorise_linears:
+    if factorise_linears or algorithm == "gptq":
         linears = {name: (model.get_submodule(name), spec.transposed) for name, kinds in selected
-                   if kinds not in ((EMBEDDINGS,), (OUTPUT_HEAD,))}
+                   if kinds != (EMBEDDINGS,) and (algorithm == "gptq" or kinds != (OUTPUT_HEAD,))}
         statistics = collect_statistics(model, linears, frozenset({INPUT_MOMENTS}),
                                         calibration.fit_texts[:STATISTICS_ITEMS], tokenizer, seed, progress)
     inputs = ModuleInputs(scorer, tokenizer, calibration, statistics, factorise_linears, seed,
-                          torch.get_num_threads())
+                          torch.get_num_threads(), algorithm)
     if executor is None:
         measured = [measure_module(inputs, item)
                     for item in tqdm(selected, desc="sensitivity", unit="module", disable=not progress)]
@@ -115,10 +118,11 @@ def measure_module(inputs: ModuleInputs, module: tuple[str, tuple[str, ...]]) ->
         structures = _linear_structures(weight, kinds[0], inputs.statistics.get(name), inputs.seed)
     else:
         structures = []
+    moments = inputs.statistics.get(name, {}).get(INPUT_MOMENTS) if inputs.algorithm == "gptq" else None
     options: list[Option] = []
     for choice, factors in [(ModuleChoice(), None), *structures]:
         options += _options(inputs.scorer, name, kinds[0], original, choice, factors, transposed(spec, kinds),
-                            tuple(weight.shape))
+                            tuple(weight.shape), moments if factors is None else None)
     return options, {choice.structure: factors for choice, factors in structures}
 
 
@@ -168,8 +172,9 @@ def _linear_structures(weight: torch.Tensor, kind: str, statistics: dict | None,
 
 
 def _options(scorer: ValidationScorer, name: str, kind: str, original: nn.Module, choice: ModuleChoice,
-             factors: LowRankFactors | None, transposed: bool, shape: tuple[int, int]) -> list[Option]:
-    """``choice``'s structure at every precision, each scored alone."""
+             factors: LowRankFactors | None, transposed: bool, shape: tuple[int, int],
+             moments: torch.Tensor | None = None) -> list[Option]:
+    """``choice``'s structure at every precision, each scored alone (4-bit by GPTQ on ``moments``, if given)."""
     module = original if factors is None else low_rank_module(kind, factors, original)
     ops, extra = _operators(shape, kind, factors)
     options = []
@@ -178,7 +183,7 @@ def _options(scorer: ValidationScorer, name: str, kind: str, original: nn.Module
         if precision == "fp32" and factors is None:
             options.append(Option(at, ops, extra, 0.0))  # the original itself
             continue
-        candidate = fake_quantized(module, precision, transposed)
+        candidate = fake_quantized(module, precision, transposed, moments)
         loss = max(0.0, 1.0 - scorer.with_module(name, kind, original, candidate))
         options.append(Option(at, ops, extra, loss))
     return options

@@ -7,7 +7,8 @@ candidate it verifies, so these simulations only need to order choices well, not
   quantised per call to uint8 with one scale and zero point per tensor.
 - int4-B (MatMulNBits, ``accuracy_level`` 4): weights symmetric 4-bit in blocks of B along the inner dimension;
   the input quantised to int8 per block of B at compute time. Embedding tables (GatherBlockQuantized): blocks of B
-  along the hidden dimension, no input to quantise.
+  along the hidden dimension, no input to quantise. Given the layer's input second moments, a dense MatMul's 4-bit
+  weights are GPTQ's (``graph.gptq``, what the graph pass writes) instead of rounded.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgefold.exporter.graph import gptq
 from edgefold.exporter.graph.quantize import INT4_BLOCKS
 from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear
 
 
-def fake_quantized(module: nn.Module, precision: str, transposed: bool = False) -> nn.Module:
+def fake_quantized(module: nn.Module, precision: str, transposed: bool = False,
+                   input_moments: torch.Tensor | None = None) -> nn.Module:
     """A copy of ``module`` (an embedding, a Linear or GPT-2's Conv1D, dense or low-rank) that computes as
-    ``precision`` would; fp32 returns ``module`` itself."""
+    ``precision`` would; fp32 returns ``module`` itself. ``input_moments`` (E[x x^T] of a dense module's input):
+    its 4-bit weights are fitted by GPTQ on them."""
     if precision == "fp32":
         return module
     if isinstance(module, LowRankEmbedding):
@@ -43,7 +47,10 @@ def fake_quantized(module: nn.Module, precision: str, transposed: bool = False) 
     if isinstance(module, LowRankLinear):
         weights = [module.down.t(), module.up.t()]
     else:  # nn.Linear stores (out x in); Conv1D (in x out), the MatMul's own layout
-        weights = [module.weight if transposed else module.weight.t()]
+        weight = (module.weight if transposed else module.weight.t()).detach()
+        if input_moments is not None and precision in INT4_BLOCKS:
+            return _SimulatedMatMuls([gptq_weight(weight, precision, input_moments)], module.bias, precision)
+        weights = [weight]
     return _SimulatedMatMuls([quantized_weight(w.detach(), precision) for w in weights], module.bias, precision)
 
 
@@ -71,6 +78,13 @@ def quantized_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
         return _symmetric(weight, weight.abs().max(), 127)
     blocks = _blocks(weight.t(), block_size(precision))  # rows of the transposed weight: blocks along inner
     return _unblock(_four_bits(blocks), weight.shape[0]).t()
+
+
+def gptq_weight(weight: torch.Tensor, precision: str, input_moments: torch.Tensor) -> torch.Tensor:
+    """A MatMul weight (inner x outer) as the GPTQ graph pass stores it at a 4-bit ``precision``."""
+    codes = gptq.quantize_weight(weight.double().numpy(), 4, block_size(precision), input_moments.double().numpy(),
+                                 act_order=gptq.ACT_ORDER)
+    return torch.from_numpy(codes.dequantized()).to(weight.dtype)
 
 
 def quantized_table(table: torch.Tensor, precision: str) -> torch.Tensor:
