@@ -25,7 +25,7 @@ TABLE_SCHEMA = "edgefold.latency-table"
 SCHEMA_VERSION = 1
 INDEX = "probes.json"
 OPS = ("MatMul", "Gather")
-PRECISIONS = ("fp32", "int8", "int4-32", "int4-128")
+PRECISIONS = ("fp32", "int8", "int4-32", "int4-128", "int2-32")
 #: Rounds by default: every probe is timed once a round, and the table keeps each probe's median.
 ROUNDS = 25
 

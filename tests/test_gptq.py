@@ -164,7 +164,7 @@ def test_the_cli_exports_gptq_int4_and_refuses_it_where_nothing_is_4_bit(tiny_mo
     for flags in (["--quantize", "int8"], ["--method", "svd"]):
         assert main(["export", str(source), str(tmp_path / "refused"), *flags, "--quant-algorithm", "gptq"]) == 2
         error = capsys.readouterr().err.strip()
-        assert "gptq fits 4-bit weights" in error and len(error.splitlines()) == 1
+        assert "gptq fits 4-bit (and 2-bit) weights" in error and len(error.splitlines()) == 1
         assert not (tmp_path / "refused").exists()
 
 

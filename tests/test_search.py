@@ -23,7 +23,7 @@ from edgefold.exporter.graph.quantize import quantize_modules
 from edgefold.exporter.search.frontier import curve, hull
 from edgefold.exporter.search.latency import OpShape, write_probes
 from edgefold.exporter.search.search import _bounds
-from edgefold.exporter.search.simulate import quantized_input, quantized_weight
+from edgefold.exporter.search.simulate import quantized_input, quantized_table, quantized_weight
 from edgefold.exporter.search.space import Cost, Option, weight_bytes
 from edgefold.exporter.search.splits import RUN, Splits, normalized
 from edgefold.exporter.source.loading import inspect_model, load_model
@@ -76,7 +76,7 @@ def test_a_choice_that_costs_more_and_loses_no_less_is_never_on_the_hull():
     assert hull([original, dominated, good, cheapest], SIZE.of) == [original, good, cheapest]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4-32", "int4-128"])
+@pytest.mark.parametrize("precision", ["int8", "int4-32", "int4-128", "int2-32"])
 def test_the_simulated_precision_predicts_onnxruntime_kernels(tmp_path, precision):
     """The torch simulation the sensitivities use against the real quantised kernel, on one MatMul."""
     folder = write_probes(tmp_path / "probes", [OpShape("MatMul", 384, 256)], ["fp32", precision], tokens=16)
@@ -92,7 +92,23 @@ def test_the_simulated_precision_predicts_onnxruntime_kernels(tmp_path, precisio
     assert (simulated - real).norm() < 0.5 * quantisation_error  # the simulation explains most of the error
 
 
-@pytest.mark.parametrize("precision, per_value", [("fp32", 4), ("int8", 1), ("int4-32", 0.625), ("int4-128", 0.53125)])
+@pytest.mark.parametrize("precision", ["int4-32", "int2-32"])
+def test_the_simulated_table_is_what_gather_block_quantized_looks_up(tmp_path, precision):
+    """An embedding table's rows as onnxruntime's GatherBlockQuantized dequantises them (4 bits: onnxruntime's
+    quantiser; 2 bits: edgefold's own writer), against the torch simulation, row for row."""
+    folder = write_probes(tmp_path / "probes", [OpShape("Gather", 500, 64)], ["fp32", precision], tokens=16)
+    graph = onnx.load(str(folder / "gather_500x64_fp32.onnx"))
+    table = torch.from_numpy(onnx.numpy_helper.to_array(graph.graph.initializer[0]).copy())
+    ids = np.random.default_rng(0).integers(0, 500, (1, 16))
+    session = ort.InferenceSession(str(folder / f"gather_500x64_{precision}.onnx"))
+    (real,) = session.run(None, {"input_ids": ids})
+    simulated = quantized_table(table, precision)[torch.from_numpy(ids)]
+    assert np.abs(real - table[torch.from_numpy(ids)].numpy()).max() > 1e-3  # it is quantised
+    np.testing.assert_allclose(real, simulated.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("precision, per_value", [("fp32", 4), ("int8", 1), ("int4-32", 0.625), ("int4-128", 0.53125),
+                                                  ("int2-32", 0.375)])
 def test_weight_bytes_per_precision(precision, per_value):
     assert weight_bytes(OpShape("MatMul", 384, 1536), precision) == 384 * 1536 * per_value
 
@@ -103,15 +119,19 @@ def test_the_predicted_bytes_of_a_mixed_plan_are_the_bytes_onnxruntime_stores(tm
     export(str(folder), tmp_path / "fp32", CompressionConfig(method="none"), GraphConfig(optimize="none"),
            progress=False)
     plan = {"encoder.layer.0.intermediate.dense": "int4-32", "encoder.layer.1.output.dense": "int4-128",
-            "encoder.layer.0.attention.self.query": "int8"}
+            "encoder.layer.0.attention.self.query": "int8", "encoder.layer.1.intermediate.dense": "int2-32",
+            "embeddings.word_embeddings": "int2-32"}
     done = quantize_modules(tmp_path / "fp32" / "model.onnx", tmp_path / "mixed.onnx", plan)
-    shapes = {"encoder.layer.0.intermediate.dense": (64, 128), "encoder.layer.1.output.dense": (128, 64),
-              "encoder.layer.0.attention.self.query": (64, 64)}
-    saved = sum(weight_bytes(OpShape("MatMul", *shapes[m]), "fp32") - weight_bytes(OpShape("MatMul", *shapes[m]), p)
-                for m, p in plan.items())
+    table = load_model(inspect_model(str(folder))).get_input_embeddings().weight.shape
+    shapes = {"encoder.layer.0.intermediate.dense": ("MatMul", 64, 128), "encoder.layer.1.output.dense": ("MatMul", 128, 64),
+              "encoder.layer.0.attention.self.query": ("MatMul", 64, 64),
+              "encoder.layer.1.intermediate.dense": ("MatMul", 64, 128), "embeddings.word_embeddings": ("Gather", *table)}
+    saved = sum(weight_bytes(OpShape(*shapes[m]), "fp32") - weight_bytes(OpShape(*shapes[m]), p) for m, p in plan.items())
     measured = _initializer_bytes(tmp_path / "fp32" / "model.onnx") - _initializer_bytes(tmp_path / "mixed.onnx")
-    assert done["modules"] == {"int4-32": 1, "int4-128": 1, "int8": 1}
+    assert done["modules"] == {"int4-32": 1, "int4-128": 1, "int8": 1, "int2-32": 2}
     assert abs(measured - saved) < 64  # the int8 scales and zero points
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node}
+    assert {"GatherBlockQuantized", "MatMulNBits", "MatMulInteger"} <= ops
 
 
 def _initializer_bytes(path: Path) -> int:

@@ -12,7 +12,7 @@ from edgefold.exporter.graph.mobile import check_formats
 from edgefold.exporter.graph.optimize import check_mode
 from edgefold.exporter.graph.quantize import (
     INT4_BLOCK_SIZE,
-    INT4_BLOCKS,
+    LOW_BITS,
     PRECISIONS,
     QUANTISED_PARAM_BYTES,
     check_algorithm,
@@ -28,7 +28,8 @@ class GraphConfig:
     ``optimize``: auto (try the fusion passes, keep the fastest, measured), onnxruntime, onnxscript or none.
     ``quantize``: none, int8 (dynamic, ``per_channel`` optional, weights typed for ``target``) or int4 (weight-only
     MatMulNBits, blocks of 32). ``precisions``: instead of one scheme, a precision per module name (fp32, int8,
-    int4-32, int4-128: 4-bit blocks of 32 or 128 computed in int8, ``accuracy_level`` 4), as a plan gives them;
+    int4-32, int4-128: 4-bit blocks of 32 or 128 computed in int8, ``accuracy_level`` 4; int2-32: 2-bit blocks of
+    32, written by edgefold), as a plan gives them;
     they name the unoptimised graph's nodes, so only with ``optimize="none"``. ``algorithm``: how 4-bit weights
     are chosen: "rtn" (onnxruntime's round to nearest) or "gptq" (error feedback fitted on calibration text,
     ``graph.gptq``). ``formats``: "onnx", plus "ort" for onnxruntime's mobile format.
@@ -48,9 +49,9 @@ class GraphConfig:
         check_scheme(self.quantize, self.target)
         check_algorithm(self.algorithm)
         if self.needs_calibration and self.quantize != "int4" \
-                and not any(p in INT4_BLOCKS for p in self.precisions.values()):
-            raise EdgefoldError("--quant-algorithm gptq fits 4-bit weights: use it with --quantize int4, or a plan "
-                                "with int4 modules")
+                and not any(p in LOW_BITS for p in self.precisions.values()):
+            raise EdgefoldError("--quant-algorithm gptq fits 4-bit (and 2-bit) weights: use it with --quantize int4, "
+                                "or a plan with int4 or int2 modules")
         check_formats(self.formats)
         if self.target != "generic" and self.quantize != "int8":
             raise EdgefoldError(f"--quantize-for {self.target} sets int8 weight types: use it with --quantize int8")

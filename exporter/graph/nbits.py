@@ -1,5 +1,6 @@
-"""Weights edgefold quantises itself, written as onnxruntime's ``MatMulNBits``, and the input statistics that
-data-aware quantisation fits on, measured on the graph itself.
+"""Weights edgefold quantises itself, written as onnxruntime's ``MatMulNBits`` (and embedding tables as
+``GatherBlockQuantized``), and the input statistics that data-aware quantisation fits on, measured on the graph
+itself.
 
 ``MatMulNBits(A, B, scales)``: ``B`` is uint8 (N x blocks x block * bits / 8), each byte holding 8 / bits codes
 low bits first; ``scales`` is fp32 (N * blocks); with no ``zero_points`` input the zero point is 2^(bits - 1).
@@ -19,6 +20,7 @@ from onnx import helper, numpy_helper
 from edgefold.exporter.calibration.batches import TextBatch
 from edgefold.exporter.graph.gptq import BlockCodes
 from edgefold.exporter.onnx import passes
+from edgefold.runtime import EdgefoldError
 from edgefold.runtime.session import make_feed, open_session
 
 _MICROSOFT = "com.microsoft"
@@ -45,6 +47,27 @@ def replace_matmuls(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], codes: 
             "MatMulNBits", [node.input[0], quantized.name, scales.name], list(node.output),
             name=f"{node.name}_Q{codes.bits}", domain=_MICROSOFT, K=codes.k, N=codes.codes.shape[0],
             bits=codes.bits, block_size=codes.block, accuracy_level=accuracy_level)
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(index, replacement)
+
+
+def replace_gathers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], codes: BlockCodes) -> None:
+    """Put a ``GatherBlockQuantized`` in the place of each of ``nodes`` (row lookups in one table), reading one copy
+    of ``codes``: the table's rows (the codes' N) in blocks along its hidden dimension (their K)."""
+    table = nodes[0].input[0]
+    if codes.k % codes.block:
+        raise EdgefoldError(f"a {codes.bits}-bit table in blocks of {codes.block} needs a width that is a multiple of "
+                            f"{codes.block}; {table} is {codes.k} wide")
+    rows = codes.codes.shape[0]
+    quantized = numpy_helper.from_array(packed(codes).reshape(rows, -1), f"{table}_Q{codes.bits}")
+    scales = numpy_helper.from_array(codes.scales.astype(np.float32), f"{table}_scales")
+    graph.initializer.extend([quantized, scales])
+    for node in nodes:
+        replacement = helper.make_node(
+            "GatherBlockQuantized", [quantized.name, node.input[1], scales.name], list(node.output),
+            name=f"{node.name}_Q{codes.bits}", domain=_MICROSOFT, gather_axis=0, quantize_axis=1,
+            block_size=codes.block, bits=codes.bits)
         index = list(graph.node).index(node)
         graph.node.remove(node)
         graph.node.insert(index, replacement)

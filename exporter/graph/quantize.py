@@ -31,6 +31,11 @@ INT4_BLOCK_SIZE = 32
 QUANTISED_PARAM_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / INT4_BLOCK_SIZE}
 #: Per-module precisions: int4-B is 4-bit weight-only in blocks of B, computed in int8 (accuracy level 4).
 INT4_BLOCKS = {"int4-32": 32, "int4-128": 128}
+#: Every weight-only precision as (bits, block). int2-32: 2-bit MatMulNBits / GatherBlockQuantized, which
+#: onnxruntime's quantiser does not write: edgefold writes it (``graph.gptq``, ``graph.nbits``), RTN with a clipped
+#: scale, or GPTQ with ``algorithm`` "gptq".
+LOW_BITS = {"int4-32": (4, 32), "int4-128": (4, 128), "int2-32": (2, 32)}
+OWN_PRECISIONS = ("int2-32",)
 #: MatMulNBits computes in int8 on CPU at level 4 only (0-3 dequantise to fp32 first): the faster kernel.
 MIXED_ACCURACY_LEVEL = 4
 #: The weight input of each op that carries a module's weights.
@@ -103,13 +108,13 @@ def _quantize(source: Path, output: Path, scheme: str, per_channel: bool, target
         return {"weights": _int8_weights(target), "activations": "uint8, dynamic", "per_channel": per_channel,
                 "target": target}
     elif scheme == "int4":
-        model, fitted = str(source), set()  # a path: onnxruntime's quantiser reads external data itself
+        model, fitted = str(source), {}  # a path: onnxruntime's quantiser reads external data itself
         if algorithm == "gptq":
             model = onnx.load(model)
             weights = {name for name, (source, _) in _float_matrices(model.graph).items() if source == name}
             chosen = {node.name: "int4-32" for node in model.graph.node
                       if node.op_type == "MatMul" and node.input[1] in weights}  # views stay with RTN
-            fitted = _gptq_pass(model, chosen, calibration, output, accuracy_level=0)
+            fitted = _own_pass(model, chosen, calibration, output, accuracy_level=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             model = _int4(model, INT4_BLOCK_SIZE, ("MatMul", "Gather"), exclude=_not_float_tables(source))
         model.save_model_to_file(str(output), use_external_data_format=passes.uses_external_data(source))
@@ -194,7 +199,7 @@ def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], 
     before, split = _weight_bytes(model.graph), _split_weights(model.graph, chosen)
     _read_initializers(model.graph, chosen)
     _unshare(model.graph, chosen)
-    fitted = _gptq_pass(model, chosen, calibration, output) if algorithm == "gptq" else set()
+    fitted = _own_pass(model, chosen, calibration if algorithm == "gptq" else None, output)
     # np.errstate: the 4-bit quantiser divides all-zero blocks (a padding row) by their zero scale, then discards it
     with _quiet_loggers(), np.errstate(divide="ignore", invalid="ignore"):
         model = _int4_passes(model, {node: p for node, p in chosen.items() if node not in fitted})
@@ -204,7 +209,8 @@ def quantize_modules(source: Path, output: Path, precisions: Mapping[str, str], 
     return {"scheme": "mixed", "modules": {p: sum(v == p for v in precisions.values()) for p in used},
             "nodes": {p: sum(v == p for v in chosen.values()) for p in used if p != "fp32"},
             "quantized_ops": _quantized_ops(result), "weights": {p: _describe(p, target) for p in used},
-            "target": target, "split_weights": split, "algorithm": algorithm, **_gptq_record(fitted, calibration),
+            "target": target, "split_weights": split, "algorithm": algorithm,
+            **_gptq_record(fitted if algorithm == "gptq" else {}, calibration),
             "weight_bytes": {"before": before, "after": _weight_bytes(result)}}
 
 
@@ -370,36 +376,46 @@ def _unshare(graph: onnx.GraphProto, chosen: Mapping[str, str]) -> None:
         node.input[index] = copy
 
 
-def _gptq_record(fitted: set[str], calibration: list[TextBatch] | None) -> dict:
-    if not fitted:
+def _gptq_record(fitted: Mapping[str, str], calibration: list[TextBatch] | None) -> dict:
+    matmuls = sum(op == "MatMul" for op in fitted.values())
+    if not matmuls:
         return {}
-    return {"gptq": {"matmuls": len(fitted), "act_order": gptq.ACT_ORDER, "damping": gptq.DAMPING,
+    return {"gptq": {"matmuls": matmuls, "act_order": gptq.ACT_ORDER, "damping": gptq.DAMPING,
                      "calibration_tokens": sum(int(b.attention_mask.sum()) for b in calibration)}}
 
 
-def _gptq_pass(model: onnx.ModelProto, chosen: Mapping[str, str], calibration: list[TextBatch],
-               output: Path, accuracy_level: int = MIXED_ACCURACY_LEVEL) -> set[str]:
-    """The 4-bit MatMuls of ``chosen`` become GPTQ-fitted MatMulNBits; returns their names. Their inputs are
-    measured on the graph as it is, staged next to ``output``."""
-    nodes = [node for node in model.graph.node if node.op_type == "MatMul" and chosen.get(node.name) in INT4_BLOCKS]
-    if not nodes:
-        return set()
-    moments = nbits.input_moments(model, [node.input[0] for node in nodes], calibration,
-                                  output.with_name(f".{output.stem}.moments.onnx"))
+def _own_pass(model: onnx.ModelProto, chosen: Mapping[str, str], calibration: list[TextBatch] | None,
+              output: Path, accuracy_level: int = MIXED_ACCURACY_LEVEL) -> dict[str, str]:
+    """The weights edgefold quantises itself become MatMulNBits / GatherBlockQuantized; returns their nodes'
+    names and op types.
+    Those are the 2-bit ones, and with ``calibration`` (GPTQ) the 4-bit MatMuls too, whose inputs are measured on
+    the graph as it is, staged next to ``output``; without it, rounding with a clipped scale."""
+    mine = [node for node in model.graph.node if node.op_type in ("MatMul", "Gather")
+            and (chosen.get(node.name) in OWN_PRECISIONS
+                 or (calibration is not None and node.op_type == "MatMul" and chosen.get(node.name) in INT4_BLOCKS))]
+    if not mine:
+        return {}
+    matmuls = [node for node in mine if node.op_type == "MatMul"]
+    moments = {} if calibration is None or not matmuls else nbits.input_moments(
+        model, [node.input[0] for node in matmuls], calibration, output.with_name(f".{output.stem}.moments.onnx"))
     initializers = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        readers.setdefault(node.input[1], []).append(node)
-    for weight, group in readers.items():  # a weight several MatMuls read is fitted once, to all their inputs
-        hessian = sum(moments[node.input[0]] for node in group) / len(group)
-        codes = gptq.quantize_weight(numpy_helper.to_array(initializers[weight]), 4,
-                                     INT4_BLOCKS[chosen[group[0].name]], hessian, act_order=gptq.ACT_ORDER)
+    readers: dict[tuple[str, str], list[onnx.NodeProto]] = {}
+    for node in mine:
+        readers.setdefault((node.op_type, node.input[WEIGHT_INPUT[node.op_type]]), []).append(node)
+    for (op, weight), group in readers.items():  # a weight several nodes read is quantised once, for all of them
+        bits, block = LOW_BITS[chosen[group[0].name]]
+        values = numpy_helper.to_array(initializers[weight])
+        if op == "Gather":  # rows looked up one at a time: blocks along the hidden dimension, no input to weigh
+            nbits.replace_gathers(model.graph, group, gptq.quantize_weight(values.T, bits, block))
+            continue
+        hessian = sum(moments[node.input[0]] for node in group) / len(group) if moments else None
+        codes = gptq.quantize_weight(values, bits, block, hessian, act_order=gptq.ACT_ORDER)
         nbits.replace_matmuls(model.graph, group, codes, accuracy_level)
     read = _read_names(model.graph)
     for initializer in [i for i in model.graph.initializer if i.name not in read]:
         model.graph.initializer.remove(initializer)
     nbits.ensure_microsoft_opset(model)
-    return {node.name for node in nodes}
+    return {node.name: node.op_type for node in mine}
 
 
 def _int4_passes(model: onnx.ModelProto, chosen: Mapping[str, str]) -> onnx.ModelProto:
@@ -444,6 +460,9 @@ def _int8_pass(model: onnx.ModelProto, output: Path, chosen: Mapping[str, str], 
 def _describe(precision: str, target: str) -> str:
     if precision == "int8":
         return f"{_int8_weights(target)}, activations uint8 dynamic"
+    if precision in OWN_PRECISIONS:
+        bits, block = LOW_BITS[precision]
+        return f"int{bits} symmetric weight-only, blocks of {block}, int8 compute (accuracy_level {MIXED_ACCURACY_LEVEL})"
     if precision in INT4_BLOCKS:
         return (f"int4 symmetric weight-only, blocks of {INT4_BLOCKS[precision]}, "
                 f"int8 compute (accuracy_level {MIXED_ACCURACY_LEVEL})")

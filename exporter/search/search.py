@@ -1,7 +1,7 @@
 """``search_export``: the smallest (or fastest) model that passes the user's gates, on the user's text.
 
 1. The data is split: fit (statistics, token counts), selection (every choice below), check (never seen).
-2. Each module's choices (precision fp32/int8/int4-32/int4-128, 4-bit weights fitted by GPTQ on the fit split
+2. Each module's choices (precision fp32/int8/int4-32/int4-128/int2-32, low-bit weights fitted by GPTQ on the fit split
    by default; the word embeddings kept or factorised at a few ratios; in the full search, Linears factorised at a
    few ranks) are scored alone in torch (``sensitivity``).
 3. The predicted Pareto curve of cost against loss is built greedily (``frontier``); onnxruntime's quantiser
@@ -31,7 +31,7 @@ from edgefold.exporter.checks.manifest import write_manifest
 from edgefold.exporter.config import CompressionConfig
 from edgefold.exporter.distributed import Executor, executor_for, threads_per_worker
 from edgefold.exporter.graph.config import GraphConfig
-from edgefold.exporter.graph.quantize import INT4_BLOCKS, PRECISIONS, check_algorithm
+from edgefold.exporter.graph.quantize import LOW_BITS, PRECISIONS, check_algorithm
 from edgefold.exporter.pipeline import export
 from edgefold.exporter.planning.plan import ModuleChoice, Plan
 from edgefold.exporter.search.candidates import Inputs, Job, shared_inputs, verify_all
@@ -275,8 +275,8 @@ class _Search:
         """A candidate's job, and what the search knows of it: where it sits on the curve (None: a baseline)."""
         plan = Plan({name: option.choice for name, option in point.options.items() if option.choice != ModuleChoice()})
         self.jobs_made += 1
-        four_bit = any(precision in INT4_BLOCKS for precision in plan.precisions.values())
-        algorithm = self.search.algorithm if index is not None and four_bit else "rtn"  # baselines: onnxruntime's
+        low_bit = any(precision in LOW_BITS for precision in plan.precisions.values())
+        algorithm = self.search.algorithm if index is not None and low_bit else "rtn"  # baselines: onnxruntime's
         job = Job(label, plan, space.factors_for(plan.modules), work / f"candidate-{self.jobs_made:02d}",
                   threads_per_worker(workers), algorithm)
         meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),

@@ -7,8 +7,10 @@ candidate it verifies, so these simulations only need to order choices well, not
   quantised per call to uint8 with one scale and zero point per tensor.
 - int4-B (MatMulNBits, ``accuracy_level`` 4): weights symmetric 4-bit in blocks of B along the inner dimension;
   the input quantised to int8 per block of B at compute time. Embedding tables (GatherBlockQuantized): blocks of B
-  along the hidden dimension, no input to quantise. Given the layer's input second moments, a dense MatMul's 4-bit
-  weights are GPTQ's (``graph.gptq``, what the graph pass writes) instead of rounded.
+  along the hidden dimension, no input to quantise.
+- int2-32: the same at 2 bits, blocks of 32, rounded with the clipped scale edgefold's own writer chooses.
+- Given the layer's input second moments, a dense MatMul's low-bit weights are GPTQ's (``graph.gptq``, what the
+  graph pass writes) instead of rounded.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgefold.exporter.graph import gptq
-from edgefold.exporter.graph.quantize import INT4_BLOCKS
+from edgefold.exporter.graph.quantize import LOW_BITS, OWN_PRECISIONS
 from edgefold.exporter.nn.layers import LowRankEmbedding, LowRankLinear
 
 
@@ -48,7 +50,7 @@ def fake_quantized(module: nn.Module, precision: str, transposed: bool = False,
         weights = [module.down.t(), module.up.t()]
     else:  # nn.Linear stores (out x in); Conv1D (in x out), the MatMul's own layout
         weight = (module.weight if transposed else module.weight.t()).detach()
-        if input_moments is not None and precision in INT4_BLOCKS:
+        if input_moments is not None and precision in LOW_BITS:
             return _SimulatedMatMuls([gptq_weight(weight, precision, input_moments)], module.bias, precision)
         weights = [weight]
     return _SimulatedMatMuls([quantized_weight(w.detach(), precision) for w in weights], module.bias, precision)
@@ -69,21 +71,30 @@ class _SimulatedMatMuls(nn.Module):
 
 
 def block_size(precision: str) -> int | None:
-    return INT4_BLOCKS.get(precision)
+    return LOW_BITS[precision][1] if precision in LOW_BITS else None
 
 
 def quantized_weight(weight: torch.Tensor, precision: str) -> torch.Tensor:
     """A MatMul weight (inner x outer) as ``precision`` stores it."""
     if precision == "int8":
         return _symmetric(weight, weight.abs().max(), 127)
+    if precision in OWN_PRECISIONS:  # edgefold's own rounding (a clipped scale), as the graph pass writes it
+        return _own_rounding(weight, precision)
     blocks = _blocks(weight.t(), block_size(precision))  # rows of the transposed weight: blocks along inner
     return _unblock(_four_bits(blocks), weight.shape[0]).t()
 
 
 def gptq_weight(weight: torch.Tensor, precision: str, input_moments: torch.Tensor) -> torch.Tensor:
-    """A MatMul weight (inner x outer) as the GPTQ graph pass stores it at a 4-bit ``precision``."""
-    codes = gptq.quantize_weight(weight.double().numpy(), 4, block_size(precision), input_moments.double().numpy(),
+    """A MatMul weight (inner x outer) as the GPTQ graph pass stores it at a low-bit ``precision``."""
+    bits, block = LOW_BITS[precision]
+    codes = gptq.quantize_weight(weight.double().numpy(), bits, block, input_moments.double().numpy(),
                                  act_order=gptq.ACT_ORDER)
+    return torch.from_numpy(codes.dequantized()).to(weight.dtype)
+
+
+def _own_rounding(weight: torch.Tensor, precision: str) -> torch.Tensor:
+    bits, block = LOW_BITS[precision]
+    codes = gptq.quantize_weight(weight.detach().double().numpy(), bits, block)
     return torch.from_numpy(codes.dequantized()).to(weight.dtype)
 
 
@@ -91,6 +102,8 @@ def quantized_table(table: torch.Tensor, precision: str) -> torch.Tensor:
     """An embedding table (rows x hidden), looked up row by row: per tensor (int8) or blocks along hidden."""
     if precision == "int8":
         return _symmetric(table, table.abs().max(), 127)
+    if precision in OWN_PRECISIONS:
+        return _own_rounding(table.t(), precision).t()
     blocks = _blocks(table, block_size(precision))
     return _unblock(_four_bits(blocks), table.shape[1])
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edgefold.exporter.graph.quantize import LOW_BITS
 from edgefold.exporter.planning.plan import ModuleChoice
 from edgefold.exporter.search.latency import OpShape
-from edgefold.exporter.search.simulate import block_size
 from edgefold.runtime.optable import LatencyTable
 
 OBJECTIVES = ("size", "latency")
@@ -38,10 +38,10 @@ def weight_bytes(op: OpShape, precision: str) -> int:
         return 4 * values
     if precision == "int8":
         return values
-    size = block_size(precision)
+    bits, size = LOW_BITS[precision]
     outer, inner = (op.n, op.k) if op.op == "MatMul" else (op.k, op.n)
     blocks = outer * math.ceil(inner / size)
-    return blocks * (size // 2 + _SCALE_BYTES)
+    return blocks * (size * bits // 8 + _SCALE_BYTES)
 
 
 def option_bytes(option: Option) -> int:
