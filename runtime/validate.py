@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 import re
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,11 @@ _NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _GATE = re.compile(rf"\s*([a-z0-9_@]+)\s*(>=|<=)\s*({_NUMBER})\s*", re.ASCII)
 _OPS = {">=": operator.ge, "<=": operator.le}
 _BATCH = 32
+#: Reference embeddings kept per process: a search validates every candidate against one reference on the same
+#: splits, and the reference's forward passes were half of every validation. Keyed by the graph's files (path, size,
+#: modification time) and the texts themselves; a few entries of (items x hidden) floats.
+_REFERENCE_EMBEDDINGS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_KEPT_EMBEDDINGS = 8
 #: The one-sided level of the bound every gate reports (and must clear with ``confidence``, at that level).
 BOUND_LEVEL = 0.95
 # every metric a task can report, and what the data needs for it (None: nothing)
@@ -145,7 +152,7 @@ def validate(candidate: str | Path, reference: str | Path, data: EvalData, gates
     checks = _check_inputs(cand, data, gates, gate_file)
     if task == "text-classification":
         _check_labels(cand, ref, data)
-    models = [_Model(ref), _Model(cand)]  # tokenizers first: they are cheaper to refuse than sessions
+    models = [_Model(ref, reference=True), _Model(cand)]  # tokenizers first: cheaper to refuse than sessions
     for model in models:
         model.open()
     start = time.perf_counter()
@@ -237,8 +244,8 @@ def _number(value: float | None) -> str:
 class _Model:
     """A folder ready for inference: tokenizer on construction, session (and what it must offer) on ``open``."""
 
-    def __init__(self, folder: ExportedFolder):
-        self.folder, self.encoder = folder, folder.encoder()
+    def __init__(self, folder: ExportedFolder, reference: bool = False):
+        self.folder, self.encoder, self.reference = folder, folder.encoder(), reference
         self.length = min(128, folder.max_positions or 128)
         self.mask_id = None
         if folder.task == "fill-mask":
@@ -273,8 +280,26 @@ def sentence_embeddings(model: ExportedFolder, texts: list[str]) -> np.ndarray:
 
 
 def _embeddings(model: _Model, texts: list[str]) -> np.ndarray:
+    key = _embeddings_key(model, texts) if model.reference else None
+    if key in _REFERENCE_EMBEDDINGS:
+        _REFERENCE_EMBEDDINGS.move_to_end(key)
+        return _REFERENCE_EMBEDDINGS[key]
     outputs, batches = _outputs(model, texts)
-    return np.concatenate([mean_pool(out, mask) for out, (_, mask) in zip(outputs, batches)])
+    embeddings = np.concatenate([mean_pool(out, mask) for out, (_, mask) in zip(outputs, batches)])
+    if key is not None:
+        embeddings.setflags(write=False)  # shared by every later caller
+        _REFERENCE_EMBEDDINGS[key] = embeddings
+        while len(_REFERENCE_EMBEDDINGS) > _KEPT_EMBEDDINGS:
+            _REFERENCE_EMBEDDINGS.popitem(last=False)
+    return embeddings
+
+
+def _embeddings_key(model: _Model, texts: list[str]) -> tuple:
+    graph = model.folder.graph.resolve()
+    files = sorted(graph.parent.glob(f"{graph.name}*"))  # the graph and its external data
+    stats = tuple((file.name, file.stat().st_size, file.stat().st_mtime_ns) for file in files)
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
+    return str(graph), stats, model.length, digest
 
 
 def _feature_extraction(cand: _Model, ref: _Model, data: EvalData) -> tuple[dict, Samples]:

@@ -396,8 +396,8 @@ def _own_pass(model: onnx.ModelProto, chosen: Mapping[str, str], calibration: li
     if not mine:
         return {}
     matmuls = [node for node in mine if node.op_type == "MatMul"]
-    moments = {} if calibration is None or not matmuls else nbits.input_moments(
-        model, [node.input[0] for node in matmuls], calibration, output.with_name(f".{output.stem}.moments.onnx"))
+    moments = {} if calibration is None or not matmuls else nbits.graph_moments(
+        model, calibration, output.with_name(f".{output.stem}.moments.onnx"))
     initializers = {i.name: i for i in model.graph.initializer}
     readers: dict[tuple[str, str], list[onnx.NodeProto]] = {}
     for node in mine:

@@ -40,7 +40,7 @@ from edgefold.exporter.search.latency import OpShape, measure_table, model_laten
 from edgefold.exporter.search.report import write_report
 from edgefold.exporter.search.sensitivity import Space, dense_operators, measure_space
 from edgefold.exporter.search.space import OBJECTIVES, Cost, fixed_cost
-from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits, halves
+from edgefold.exporter.search.splits import SENSITIVITY_DOMAIN_ITEMS, SENSITIVITY_ITEMS, Splits, halves
 from edgefold.exporter.source.loading import SourceModel, inspect_model, load_model, load_tokenizer
 from edgefold.exporter.source.output import check_output_dir, staged_folder
 from edgefold.runtime import EdgefoldError, GateFailure
@@ -200,11 +200,14 @@ class _Search:
         if table is not None:
             _check_table(table, dense_operators(network))
         self.reference = _export_reference(self.source, work / "reference", self.trust_remote_code)
-        self.say(f"measuring each module's choices on {SENSITIVITY_ITEMS} selection items "
+        domain_texts = self.domain.selection.texts[:SENSITIVITY_DOMAIN_ITEMS] if self.domain else []
+        self.say(f"measuring each module's choices on {SENSITIVITY_ITEMS} selection items"
+                 + (f" and {len(domain_texts)} of the second domain" if domain_texts else "") + " "
                  f"({'full' if self.search.full else 'quick'} search"
                  f"{f', on the Ray cluster at {self.search.ray}' if self.search.ray else ''})")
         space = measure_space(network, load_tokenizer(self.source), self.splits, factorise_linears=self.search.full,
                               seed=self.search.seed, progress=self.progress, algorithm=self.search.algorithm,
+                              also_on=domain_texts,
                               executor=executor if self.search.ray else None)  # locally: inline, as it always was
         del network
         gc.collect()

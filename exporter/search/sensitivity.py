@@ -32,7 +32,7 @@ from edgefold.exporter.planning.sensitivity import candidate_ranks
 from edgefold.exporter.search.latency import OpShape
 from edgefold.exporter.search.simulate import fake_quantized
 from edgefold.exporter.search.space import Option
-from edgefold.exporter.search.splits import SENSITIVITY_ITEMS, Splits
+from edgefold.exporter.search.splits import SENSITIVITY_DOMAIN_ITEMS, SENSITIVITY_ITEMS, Splits
 from edgefold.exporter.source.architectures import EMBEDDINGS, OUTPUT_HEAD, spec_for
 
 RANK_MULTIPLE = PLAN_RANK_MULTIPLE
@@ -71,13 +71,16 @@ class ModuleInputs:
 
 def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits: Splits, *,
                   factorise_linears: bool, seed: int = 0, progress: bool = True, executor: Executor | None = None,
-                  algorithm: str = "rtn") -> Space:
+                  algorithm: str = "rtn", also_on: list[str] | tuple[str, ...] = ()) -> Space:
     """Every module's options with their measured losses (see the module docstring): inline, or one task per
-    module on ``executor`` (the same numbers either way). ``algorithm``: how 4-bit weights are chosen (rtn,
-    gptq), as the candidates' graphs will choose them."""
+    module on ``executor`` (the same numbers either way). ``algorithm``: how low-bit weights are chosen (rtn,
+    gptq), as the candidates' graphs will choose them. ``also_on``: texts of a second domain the losses are
+    measured on too (the first :data:`SENSITIVITY_DOMAIN_ITEMS`), so that a choice fitted to the user's text
+    (token frequencies) is not predicted to be cheaper in loss than it is elsewhere."""
     spec = spec_for(model.config.model_type)
     selected = [(name, kinds) for name, _, kinds in plannable_modules(model, spec)]
-    scorer = ValidationScorer(model, splits.selection.texts[:SENSITIVITY_ITEMS], tokenizer)
+    texts = splits.selection.texts[:SENSITIVITY_ITEMS] + list(also_on)[:SENSITIVITY_DOMAIN_ITEMS]
+    scorer = ValidationScorer(model, texts, tokenizer)
     calibration = splits.calibration()
     statistics = {}
     if factorise_linears or algorithm == "gptq":

@@ -23,6 +23,8 @@ _ROLES = ("fit", "fit", "selection", "selection", "selection", "check")
 RUN = 5
 #: Items the per-module sensitivities are measured on (each module at each choice: hundreds of runs).
 SENSITIVITY_ITEMS = 64
+#: And of the second domain's selection half: half as many (it weighs in, it does not decide alone).
+SENSITIVITY_DOMAIN_ITEMS = 32
 #: Items a verified candidate and the final check run on: enough for stable gates, few enough to verify many.
 SELECTION_ITEMS = 512
 CHECK_ITEMS = 256
