@@ -18,7 +18,7 @@ from edgefold.exporter import CompressionConfig, GraphConfig, export
 from edgefold.exporter.calibration.batches import onnx_outputs, tokenize
 from edgefold.exporter.calibration.corpus import SHIPPED_CALIBRATION
 from edgefold.exporter.graph import gptq
-from edgefold.exporter.graph.nbits import ensure_microsoft_opset, replace_matmuls
+from edgefold.exporter.graph.nbits import ensure_microsoft_opset, graph_moments, input_moments, replace_matmuls
 from edgefold.exporter.graph.quantize import quantize_modules
 from edgefold.runtime import EdgefoldError
 from edgefold.runtime.texts import shipped_texts
@@ -134,6 +134,23 @@ def test_a_gptq_graph_is_closer_to_fp32_than_rounding_on_text_it_did_not_fit(tin
     assert error(tmp_path / "gptq.onnx") < error(tmp_path / "rtn.onnx")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert not leftovers, leftovers  # the staged graph the inputs were measured on is gone
+
+
+def test_a_graphs_input_moments_are_measured_once_and_anew_for_another_graph(tiny_bert_graph, tmp_path):
+    """A search's candidates quantise one fp32 graph many times: its moments are measured once per process; a graph
+    with other weights is measured again."""
+    model = onnx.load(str(tiny_bert_graph / "model.onnx"))
+    batches = _calibration(tiny_bert_graph, 32)
+    first = graph_moments(model, batches, tmp_path / "moments.onnx")
+    assert graph_moments(model, batches, tmp_path / "moments.onnx") is first
+    last = [node.input[0] for node in model.graph.node if node.op_type == "MatMul" and node.input[0] in first][-1]
+    np.testing.assert_array_equal(input_moments(model, [last], batches, tmp_path / "moments.onnx")[last], first[last])
+    weights = {i.name: i for i in model.graph.initializer}
+    earliest = next(weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
+    earliest.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(earliest), earliest.name))
+    other = graph_moments(model, batches, tmp_path / "moments.onnx")
+    assert other is not first and not np.allclose(other[last], first[last])
+    assert not list(tmp_path.iterdir())  # the staged graphs are gone
 
 
 @pytest.mark.slow

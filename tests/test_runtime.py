@@ -12,6 +12,7 @@ from edgefold.runtime import EdgefoldError
 from edgefold.runtime.bench import BenchSettings, bench, format_table, model_labels
 from edgefold.cli import main
 from edgefold.runtime.dataset import EvalData
+from edgefold.runtime.texts import shipped_texts
 from edgefold.runtime.report import load_results
 from edgefold.runtime.validate import validate
 
@@ -117,6 +118,20 @@ def test_bench_bad_input(problem, minilm_variants, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_the_reference_embeddings_kept_between_validations_follow_the_reference_graph(minilm_variants, tmp_path):
+    """A search validates many candidates against one reference, whose embeddings are kept per process: the same
+    call gives the same report, and a reference whose graph was replaced is run again, not read from memory."""
+    reference = tmp_path / "reference"
+    shutil.copytree(minilm_variants["reference"], reference)
+    data = EvalData("texts", shipped_texts("evaluation.txt")[:40])
+    first = validate(minilm_variants["mild"], reference, data, ["mean_cosine>=0.5"])
+    assert validate(minilm_variants["mild"], reference, data, ["mean_cosine>=0.5"])["metrics"] == first["metrics"]
+    assert first["metrics"]["mean_cosine"] < 0.9999
+    (reference / "model.onnx").write_bytes((minilm_variants["mild"] / "model.onnx").read_bytes())
+    itself = validate(minilm_variants["mild"], reference, data, ["mean_cosine>=0.5"], verify=False)
+    assert itself["metrics"]["mean_cosine"] > 0.99999
+
+
 def test_validate_passes_a_mild_and_fails_an_harsh_compression(minilm_variants, tmp_path, capsys):
     reference = str(minilm_variants["reference"])
     mild = tmp_path / "mild.json"

@@ -36,7 +36,7 @@ def markdown(summary: dict) -> str:
         f"{summary['selection_margin']:g}). The original (fp32): "
         f"{reference['bytes']:,} bytes, {reference['latency_ms']:.2f} ms.",
         "",
-        "| candidate | plan | 4-bit weights | bytes | vs fp32 | ms | vs fp32 | predicted loss | " + " | ".join(headers)
+        "| candidate | plan | low-bit weights | bytes | vs fp32 | ms | vs fp32 | predicted loss | " + " | ".join(headers)
         + " | passes |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(headers) + "---|",
     ]
@@ -49,7 +49,7 @@ def markdown(summary: dict) -> str:
                      f"{_number(row['bytes'], ',')} | "
                      f"{_number(_ratio(row['bytes'], reference['bytes']), '.3f')} | {_number(row['latency_ms'], '.2f')} "
                      f"| {_number(_ratio(row['latency_ms'], reference['latency_ms']), '.2f')} | "
-                     f"{row['predicted_loss']:.4f} | " + " | ".join(values) + f" | {_passes(row)} |")
+                     f"{_number(row['predicted_loss'], '.4f')} | " + " | ".join(values) + f" | {_passes(row)} |")
     check, domain = summary.get("check"), summary.get("second_domain")
     if check:
         lines += ["", f"Check split ({summary['splits']['check']} items, never used by the search): "

@@ -284,7 +284,9 @@ class _Search:
                   threads_per_worker(workers), algorithm)
         meta = {"kind": "baseline" if index is None else "path", "index": index, "plan": plan.describe(),
                 "algorithm": algorithm,
-                "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost, "predicted_loss": point.loss}
+                "plan_modules": plan.as_dict()["modules"], "predicted_cost": point.cost,
+                # the sensitivities simulate the search's algorithm: a baseline that rounds has no prediction
+                "predicted_loss": point.loss if algorithm == self.search.algorithm or not low_bit else None}
         return job, meta
 
     def _measure_latency(self, verified: list[dict]) -> None:
@@ -302,7 +304,7 @@ class _Search:
         passing = [row for row in verified if row["accepted"]]
         if not passing:
             best = min(verified, key=lambda r: (sum(not g["passed"] for g in _all_gates(r)) if r["gates"] else 99,
-                                                r["predicted_loss"]))
+                                                r["predicted_loss"] if r["predicted_loss"] is not None else 1.0))
             judged = [{**gate, "passed": _gate_clears(gate)} for gate in _all_gates(best)]
             reasons = "; ".join(failures({"gates": judged})) or best.get("error", "")
             raise GateFailure(f"no candidate clears the gates at {CONFIDENCE:.0%} confidence on the selection split "

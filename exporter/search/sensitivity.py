@@ -38,6 +38,8 @@ from edgefold.exporter.source.architectures import EMBEDDINGS, OUTPUT_HEAD, spec
 RANK_MULTIPLE = PLAN_RANK_MULTIPLE
 #: Fit texts the whitening statistics are collected on: one forward pass each.
 STATISTICS_ITEMS = 256
+#: Words of each second-domain text the sensitivities are measured on.
+DOMAIN_WORDS = 24
 #: Word embedding ratios tried (frequency-aware: exact rows for frequent tokens, a low-rank rest).
 EMBEDDING_RATIOS = (1.5, 2.0, 3.0)
 
@@ -79,7 +81,9 @@ def measure_space(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sp
     (token frequencies) is not predicted to be cheaper in loss than it is elsewhere."""
     spec = spec_for(model.config.model_type)
     selected = [(name, kinds) for name, _, kinds in plannable_modules(model, spec)]
-    texts = splits.selection.texts[:SENSITIVITY_ITEMS] + list(also_on)[:SENSITIVITY_DOMAIN_ITEMS]
+    # a domain's first words carry its vocabulary; whole docstrings would cost three times the user's texts
+    domain = [" ".join(text.split()[:DOMAIN_WORDS]) for text in list(also_on)[:SENSITIVITY_DOMAIN_ITEMS]]
+    texts = splits.selection.texts[:SENSITIVITY_ITEMS] + domain
     scorer = ValidationScorer(model, texts, tokenizer)
     calibration = splits.calibration()
     statistics = {}
