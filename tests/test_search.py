@@ -220,6 +220,23 @@ def test_the_default_export_searches_and_writes_the_smallest_model_that_passes(m
     assert {"frontier.md", "frontier.png", "frontier.json"} <= set(manifest["contents"])
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert manifest["plan"]["modules"] and manifest["quantization"]["scheme"] == "mixed"
+    # GPTQ for the curve's low-bit weights, onnxruntime's rounding for the baselines
+    assert {row["algorithm"] for row in rows.values() if row["kind"] == "baseline" and "int4" in row["label"]} == {"rtn"}
+    assert chosen["algorithm"] == manifest["quantization"]["algorithm"] == "gptq" and manifest["quantization"]["gptq"]
+    # every candidate held to the gates on the second domain too, and the chosen one passes its check half
+    assert all(row["domain"]["gates"] for row in rows.values() if row["bytes"])
+    assert search["second_domain"]["check"]["data"]["items"] > 100
+    assert all(gate["passed"] for gate in search["second_domain"]["check"]["gates"])
+    # the predictions the curve is built on: bytes within 0.5% of the written files, losses in the measured order
+    path = [row for row in rows.values() if row["kind"] == "path" and row["bytes"]]
+    assert all(abs(row["predicted_cost"] / row["bytes"] - 1) < 0.005 for row in path)
+    predicted, measured = zip(*((row["predicted_loss"], 1 - row["metrics"]["mean_cosine"]) for row in path))
+    assert _spearman(predicted, measured) > 0.5, (predicted, measured)
+
+
+def _spearman(a, b) -> float:
+    ranks = [np.argsort(np.argsort(values)) for values in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
 
 
 @pytest.mark.slow
