@@ -98,7 +98,7 @@ def second_domain(task: str) -> EvalData:
     columns = ("query", "positive") if task == "feature-extraction" else (None, None)
     with resources.as_file(resources.files("edgefold.runtime").joinpath("data", SECOND_DOMAIN)) as path:
         data = load_data(path, "text", None, *columns)
-    data.source = f"shipped {SECOND_DOMAIN} (Python standard-library docstrings)"
+    data.source = f"shipped {SECOND_DOMAIN}, Python standard-library docstrings"
     return data
 
 

@@ -48,9 +48,9 @@ class Splits:
         indices: dict[str, list[int]] = {role: [] for role in _ROLES}
         for position, index in enumerate(kept):
             indices[_ROLES[position // RUN % len(_ROLES)]].append(index)
-        return cls(_subset(data, indices["fit"], "fit"),
-                   _subset(data, indices["selection"][:SELECTION_ITEMS], "selection"),
-                   _subset(data, indices["check"][:CHECK_ITEMS], "check"), len(data.texts) - len(kept))
+        return cls(_subset(data, indices["fit"], "fit split"),
+                   _subset(data, indices["selection"][:SELECTION_ITEMS], "selection split"),
+                   _subset(data, indices["check"][:CHECK_ITEMS], "check split"), len(data.texts) - len(kept))
 
     def calibration(self) -> Calibration:
         """Calibration text for the fits: the fit split, with the selection split to choose on."""
@@ -89,7 +89,7 @@ def _distinct(data: EvalData) -> list[int]:
     return kept
 
 
-def _subset(data: EvalData, indices: list[int], role: str) -> EvalData:
-    return EvalData(f"{data.source} ({role} split)", [data.texts[i] for i in indices],
+def _subset(data: EvalData, indices: list[int], part: str) -> EvalData:
+    return EvalData(f"{data.source} ({part})", [data.texts[i] for i in indices],
                     [data.labels[i] for i in indices] if data.labels is not None else None,
                     [data.pairs[i] for i in indices] if data.pairs else None, data.sha256)
