@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgefold.runtime.dataset import EvalData, load_data
 from edgefold.runtime.errors import EdgefoldError
+from edgefold.runtime.jsonfile import read_json_object
 
 from . import args as flags
 
@@ -202,8 +203,10 @@ def _plan(args: argparse.Namespace, exporter) -> tuple:
     from edgefold.exporter.planning.plan import Plan
 
     plan = Plan.read(args.plan)
+    # a search's edgefold.json replays with the algorithm it chose its low-bit weights by (fitted again)
+    recorded = read_json_object(Path(args.plan)).get("quantization", {}).get("algorithm")
     graph = exporter.GraphConfig(optimize=args.optimize if args.optimize is not None else "none",
-                                 precisions=plan.precisions, algorithm=args.quant_algorithm or "rtn",
+                                 precisions=plan.precisions, algorithm=args.quant_algorithm or recorded or "rtn",
                                  formats=_formats(args))
     return exporter.CompressionConfig(plan=plan, seed=args.seed, calibration=args.calibration), graph
 

@@ -118,6 +118,7 @@ def test_bench_bad_input(problem, minilm_variants, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_the_reference_embeddings_kept_between_validations_follow_the_reference_graph(minilm_variants, tmp_path):
     """A search validates many candidates against one reference, whose embeddings are kept per process: the same
     call gives the same report, and a reference whose graph was replaced is run again, not read from memory."""
