@@ -14,6 +14,8 @@ slightly clipped range loses less than an outlier-sized step.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,9 @@ DAMPING = 0.3
 ACT_ORDER = True
 #: Columns updated together before the rest of the matrix gets their error (GPTQ's lazy batch updates).
 _LAZY_COLUMNS = 128
+#: Bytes of GPTQ codes kept per process: a search's candidates share most of their modules' precisions, so a module
+#: fitted for one candidate is fitted again, on the same weight and moments, for the next.
+_KEPT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,33 @@ def quantize_weight(weight: np.ndarray, bits: int, block: int, hessian: np.ndarr
     if hessian is None:
         scales = _block_scales(columns, bits, block)
         codes = _round(columns, scales.repeat_interleave(block, 1), bits)
-    else:
+        return BlockCodes(codes.to(torch.uint8).numpy(), scales.float().numpy(), bits, block, k)
+    key = _key(weight, hessian, bits, block, act_order)
+    if key not in _FITTED:
         moments = torch.zeros(padded, padded, dtype=torch.float64)
         moments[:k, :k] = torch.from_numpy(np.asarray(hessian, dtype=np.float64))
         codes, scales = _gptq(columns, moments, bits, block, act_order)
-    return BlockCodes(codes.to(torch.uint8).numpy(), scales.float().numpy(), bits, block, k)
+        _keep(key, BlockCodes(codes.to(torch.uint8).numpy(), scales.float().numpy(), bits, block, k))
+    _FITTED.move_to_end(key)
+    return _FITTED[key]
+
+
+_FITTED: OrderedDict[str, BlockCodes] = OrderedDict()
+
+
+def _key(weight: np.ndarray, hessian: np.ndarray, bits: int, block: int, act_order: bool) -> str:
+    digest = hashlib.sha256(repr((weight.shape, bits, block, act_order)).encode())
+    for array in (weight, hessian):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _keep(key: str, codes: BlockCodes) -> None:
+    for array in (codes.codes, codes.scales):
+        array.setflags(write=False)  # shared by every later caller
+    _FITTED[key] = codes
+    while sum(c.codes.nbytes + c.scales.nbytes for c in _FITTED.values()) > _KEPT_BYTES and len(_FITTED) > 1:
+        _FITTED.popitem(last=False)
 
 
 def _block_scales(columns: torch.Tensor, bits: int, block: int) -> torch.Tensor:
@@ -110,23 +137,25 @@ def _gptq(columns: torch.Tensor, moments: torch.Tensor, bits: int, block: int,
     columns, moments = columns[:, order], moments[order][:, order]
     moments += DAMPING * torch.mean(torch.diag(moments)) * torch.eye(width, dtype=moments.dtype)
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(moments)), upper=True)
+    half = 2 ** (bits - 1)
     codes = torch.zeros_like(columns)
     scales = torch.zeros(rows, width // block, dtype=columns.dtype) if static is None else static
     lazy = -(-_LAZY_COLUMNS // block) * block  # whole blocks: a block's scale sees all the error sent to it
+    original = order.tolist()  # indexing a tensor per column costs more than the column's arithmetic
     for start in range(0, width, lazy):
         end = min(start + lazy, width)
-        errors = torch.zeros(rows, end - start, dtype=columns.dtype)
+        errors = torch.empty(rows, end - start, dtype=columns.dtype)
         for i in range(start, end):
-            original_index = int(order[i])
-            if static is None and original_index % block == 0:  # a block starts: its scale from the weights now
-                scales[:, original_index // block] = _block_scales(
-                    columns[:, i:i + block], bits, block)[:, 0]
-            scale = scales[:, original_index // block]
-            codes[:, i] = _round(columns[:, i], scale, bits)
-            error = (columns[:, i] - (codes[:, i] - 2 ** (bits - 1)) * scale) / inverse[i, i]
-            columns[:, i + 1:end] -= error[:, None] * inverse[i, i + 1:end][None, :]
-            errors[:, i - start] = error
-        columns[:, end:] -= errors @ inverse[start:end, end:]
+            index = original[i]
+            if static is None and index % block == 0:  # a block starts: its scale from the weights now
+                scales[:, index // block] = _block_scales(columns[:, i:i + block], bits, block)[:, 0]
+            scale, column, error = scales[:, index // block], columns[:, i], errors[:, i - start]
+            level = torch.clamp(torch.round(column / scale), -half, half - 1)
+            codes[:, i] = level + half
+            torch.sub(column, level * scale, out=error)
+            error /= inverse[i, i]
+            columns[:, i + 1:end].addr_(error, inverse[i, i + 1:end], alpha=-1)
+        columns[:, end:].addmm_(errors, inverse[start:end, end:], alpha=-1)
     restored = torch.empty_like(codes)
     restored[:, order] = codes
     return restored, scales
