@@ -55,6 +55,21 @@ def test_inputs_that_are_never_active_cost_nothing_and_break_nothing():
     assert _output_error(weight, fitted, held_out) < _output_error(weight, gptq.quantize_weight(weight, 4, 32), held_out)
 
 
+def test_a_fit_is_kept_for_the_same_weight_and_moments_only():
+    """A search fits most modules again for each candidate: the same inputs give the kept codes, any other input
+    (moments, bits, order) a fit of its own, and the kept codes cannot be changed by a caller."""
+    weight, fit, _ = _layer(k=64)
+    moments = fit.T @ fit / len(fit)
+    first = gptq.quantize_weight(weight, 4, 32, moments)
+    assert gptq.quantize_weight(weight.copy(), 4, 32, moments.copy()) is first
+    others = [gptq.quantize_weight(weight, 4, 32, 2 * moments + np.eye(64)), gptq.quantize_weight(weight, 2, 32, moments),
+              gptq.quantize_weight(weight, 4, 32, moments, act_order=True)]
+    assert all(other is not first for other in others)
+    assert not np.array_equal(others[0].codes, first.codes)
+    with pytest.raises(ValueError):
+        first.codes[0, 0] = 0
+
+
 @settings(max_examples=25, deadline=None)
 @given(k=st.integers(1, 80), n=st.integers(1, 12), bits=st.sampled_from(gptq.BITS), block=st.sampled_from([16, 32]),
        seed=st.integers(0, 2**16))
